@@ -1,0 +1,211 @@
+"""CoreBase's error tree, and the one place that maps errors to HTTP statuses.
+
+    CoreBaseError                    every error CoreBase raises on purpose
+    ├── ConfigError                  invalid settings; stops start-up
+    ├── PluginError                  a plugin failed validation; stops start-up
+    └── ApiError                     reaches a client as RFC 9457 problem details
+        ├── InvalidField             400/422, names the field and the fix
+        ├── Unauthorized             401
+        ├── Forbidden                403
+        │   └── PolicyDenied         403, with every policy's reasons
+        ├── NotFound                 404
+        │   ├── ContainerNotFound
+        │   └── ImageNotFound
+        ├── Conflict                 409
+        │   ├── NameInUse
+        │   ├── ContainerNotRunning
+        │   └── ContainerRunning
+        ├── EngineError              502, the engine refused an operation
+        │   └── ImagePullFailed
+        ├── EngineUnavailable        503, the engine cannot be reached
+        └── EngineTimeout            504, an engine call ran past its timeout
+
+Runtime plugins raise these too, so the core never sees a backend's own exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM_TYPE_BASE = "https://corebase.dev/problems/"
+
+
+class CoreBaseError(Exception):
+    """Base class of every error CoreBase raises on purpose."""
+
+
+class ConfigError(CoreBaseError):
+    """A setting is invalid; the message names it and what is allowed."""
+
+
+class PluginError(CoreBaseError):
+    """A plugin is missing, misspelt or conflicts with another; the message names it."""
+
+
+class ApiError(CoreBaseError):
+    """An error that reaches the client as a problem-details body."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal server error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = {key: value for key, value in extra.items() if value is not None}
+        self.headers: dict[str, str] = {}
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """Build the RFC 9457 body: type, title, status, detail, then the extra fields."""
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class InvalidField(ApiError):
+    """A request field is missing or invalid. `field` is its JSON path, such as `memory`."""
+
+    status = 422
+    slug = "invalid-field"
+    title = "Invalid request field"
+
+    def __init__(self, field: str, detail: str, status: int = 422, **extra: Any) -> None:
+        super().__init__(detail, field=field, **extra)
+        self.field = field
+        self.status = status
+
+
+class Unauthorized(ApiError):
+    status = 401
+    slug = "unauthorized"
+    title = "Authentication required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers["WWW-Authenticate"] = 'Bearer realm="corebase"'
+
+
+class Forbidden(ApiError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class PolicyDenied(Forbidden):
+    """One or more security policies denied a container spec; `reasons` lists all of them."""
+
+    slug = "policy-denied"
+    title = "Denied by security policy"
+
+    def __init__(self, reasons: list[dict[str, str]]) -> None:
+        summary = "; ".join(reason["reason"] for reason in reasons)
+        super().__init__(f"the request was denied by security policy: {summary}", reasons=reasons)
+        self.reasons = reasons
+
+
+class NotFound(ApiError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class ContainerNotFound(NotFound):
+    slug = "container-not-found"
+    title = "Container not found"
+
+    def __init__(self, container_id: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"container {container_id!r} does not exist; list containers with GET /api/runtime/containers",
+            containerId=container_id,
+        )
+
+
+class ImageNotFound(NotFound):
+    slug = "image-not-found"
+    title = "Image not found"
+
+    def __init__(self, image: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"image {image!r} was not found locally or in its registry; check the name and tag",
+            image=image,
+        )
+
+
+class Conflict(ApiError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class NameInUse(Conflict):
+    slug = "name-in-use"
+    title = "Name already in use"
+
+    def __init__(self, name: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"the container name {name!r} is already in use; choose another name or remove that container",
+            name=name,
+        )
+
+
+class ContainerNotRunning(Conflict):
+    slug = "container-not-running"
+    title = "Container is not running"
+
+    def __init__(self, container_id: str, status: str | None = None, detail: str | None = None) -> None:
+        state = f" (status {status})" if status else ""
+        super().__init__(
+            detail or f"container {container_id!r} is not running{state}; start or restart it first",
+            containerId=container_id,
+            containerStatus=status,
+        )
+
+
+class ContainerRunning(Conflict):
+    slug = "container-running"
+    title = "Container is running"
+
+    def __init__(self, container_id: str, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"container {container_id!r} is running; stop it first or pass force=true",
+            containerId=container_id,
+        )
+
+
+class EngineError(ApiError):
+    """The engine rejected an operation for a reason CoreBase has no narrower error for."""
+
+    status = 502
+    slug = "engine-error"
+    title = "Container engine error"
+
+
+class ImagePullFailed(EngineError):
+    slug = "image-pull-failed"
+    title = "Image pull failed"
+
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(f"pulling image {image!r} failed: {reason}", image=image)
+
+
+class EngineUnavailable(ApiError):
+    status = 503
+    slug = "engine-unavailable"
+    title = "Container engine unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers["Retry-After"] = "5"
+
+
+class EngineTimeout(ApiError):
+    status = 504
+    slug = "engine-timeout"
+    title = "Container engine timed out"

@@ -1,0 +1,27 @@
+"""The runtime contract between the core and a container backend."""
+
+from corebase.runtime.protocol import ContainerRuntime
+from corebase.runtime.types import (
+    ContainerSpec,
+    ContainerState,
+    ExecResult,
+    LogChunk,
+    LogOptions,
+    MountSpec,
+    PortBinding,
+    RuntimeInfo,
+    StatsSample,
+)
+
+__all__ = [
+    "ContainerRuntime",
+    "ContainerSpec",
+    "ContainerState",
+    "ExecResult",
+    "LogChunk",
+    "LogOptions",
+    "MountSpec",
+    "PortBinding",
+    "RuntimeInfo",
+    "StatsSample",
+]

@@ -1,0 +1,88 @@
+"""The contract every container runtime backend implements.
+
+A backend raises only errors from `corebase.errors` (ContainerNotFound, ImageNotFound,
+ImagePullFailed, NameInUse, ContainerNotRunning, EngineUnavailable, EngineTimeout, EngineError),
+so the core maps them to HTTP without knowing the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from corebase.runtime.types import (
+    ContainerSpec,
+    ContainerState,
+    ExecResult,
+    LogChunk,
+    LogOptions,
+    RuntimeInfo,
+    StatsSample,
+)
+
+
+@runtime_checkable
+class ContainerRuntime(Protocol):
+    """A container backend. Every method is a coroutine except `logs`, an async iterator."""
+
+    name: str
+
+    async def info(self) -> RuntimeInfo:
+        """Return engine facts; raise EngineUnavailable when the engine cannot be reached."""
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container, pulling its image per `spec.pull_policy`; return the engine id.
+
+        Raises ImageNotFound, ImagePullFailed or NameInUse. Leaves nothing behind when it raises.
+        """
+
+    async def start(self, engine_id: str) -> None:
+        """Start a created or stopped container."""
+
+    async def stop(self, engine_id: str, timeout: float | None = None) -> None:
+        """Send the stop signal, then SIGKILL after `timeout` seconds (the engine default when None).
+
+        Raises ContainerNotRunning when the container is not running.
+        """
+
+    async def restart(self, engine_id: str, timeout: float | None = None) -> None:
+        """Stop (with the same grace period as `stop`) and start again."""
+
+    async def remove(self, engine_id: str, force: bool = False) -> None:
+        """Remove a container and its anonymous volumes; `force` kills a running one first."""
+
+    async def inspect(self, engine_id: str) -> ContainerState:
+        """Return the container's current state; raise ContainerNotFound when it is gone."""
+
+    async def list(self, labels: dict[str, str]) -> list[ContainerState]:
+        """List containers, running or not, that carry every one of `labels`."""
+
+    async def exec(
+        self,
+        engine_id: str,
+        command: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        max_output: int | None = None,
+    ) -> ExecResult:
+        """Run a command to completion and collect stdout and stderr separately.
+
+        Output past `max_output` bytes per stream is dropped and `truncated` set. After `timeout`
+        seconds the result has `timed_out` set. A command that cannot be run returns the engine's
+        non-zero exit code and its message on stderr.
+        """
+
+    def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
+        """Yield log output in order; with `follow` it ends when the container exits."""
+
+    async def stats(self, engine_id: str) -> StatsSample:
+        """Take one reading of the container's counters without waiting for a second one."""
+
+    async def pull(self, image: str) -> None:
+        """Pull an image; raise ImageNotFound or ImagePullFailed from the pull's progress messages."""
+
+    async def close(self) -> None:
+        """Release connections to the engine."""

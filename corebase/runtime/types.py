@@ -1,0 +1,147 @@
+"""Value types that cross the boundary between the core and a runtime backend.
+
+Sizes are bytes, CPU is in nano-CPUs (1e9 is one CPU), times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+StreamName = Literal["stdout", "stderr"]
+
+# Engine states as the Docker Engine names them; a backend maps its own onto these.
+EngineStatus = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
+
+
+class PortBinding(msgspec.Struct, frozen=True):
+    """One published port: container port and protocol, bound to host_ip:host_port on the host."""
+
+    container_port: int
+    host_port: int | None = None
+    host_ip: str = "127.0.0.1"
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+
+
+class MountSpec(msgspec.Struct, frozen=True):
+    """A mount inside the container: a named volume, a tmpfs, or (where policy allows) a bind."""
+
+    type: Literal["volume", "tmpfs", "bind"]
+    target: str
+    source: str | None = None
+    read_only: bool = False
+
+
+class ContainerSpec(msgspec.Struct):
+    """Everything a runtime needs to create one container. The core fills every field."""
+
+    image: str
+    name: str
+    labels: dict[str, str]
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = {}
+    ports: list[PortBinding] = []
+    mounts: list[MountSpec] = []
+    workdir: str | None = None
+    user: str | None = None
+    tty: bool = False
+    memory: int | None = None
+    nano_cpus: int | None = None
+    pids_limit: int | None = None
+    cap_drop: list[str] = []
+    cap_add: list[str] = []
+    security_opt: list[str] = []
+    privileged: bool = False
+    network_mode: str | None = None
+    pid_mode: str | None = None
+    ipc_mode: str | None = None
+    # "missing" pulls only when the image is absent, "always" before every create, "never" not at all.
+    pull_policy: Literal["missing", "always", "never"] = "missing"
+
+
+class ContainerState(msgspec.Struct):
+    """What the engine reports about one container."""
+
+    engine_id: str
+    name: str
+    image: str
+    status: EngineStatus
+    labels: dict[str, str] = {}
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    ports: list[PortBinding] = []
+    tty: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "paused", "restarting")
+
+
+class ExecResult(msgspec.Struct):
+    """The outcome of a non-interactive exec. `exit_code` is None only when `timed_out` is true."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    truncated: bool = False
+    timed_out: bool = False
+
+
+class LogOptions(msgspec.Struct):
+    """Which log output to read. `since` and `until` are Unix times in seconds."""
+
+    stdout: bool = True
+    stderr: bool = True
+    follow: bool = False
+    tail: int | None = None
+    since: float | None = None
+    until: float | None = None
+    timestamps: bool = False
+
+
+class LogChunk(msgspec.Struct):
+    """A piece of log output from one stream. With a TTY all output arrives as stdout."""
+
+    stream: StreamName
+    data: bytes
+
+
+class StatsSample(msgspec.Struct):
+    """One reading of a container's counters.
+
+    `cpu_total_ns` is the container's cumulative CPU time and `system_cpu_ns` the host's, both in
+    nanoseconds, so two samples give a CPU percentage. `memory_used` excludes reclaimable page
+    cache (inactive file pages) the way `docker stats` computes it.
+    """
+
+    read_at: datetime
+    cpu_total_ns: int
+    system_cpu_ns: int | None
+    online_cpus: int
+    memory_used: int
+    memory_limit: int
+    network_rx_bytes: int = 0
+    network_tx_bytes: int = 0
+    block_read_bytes: int = 0
+    block_write_bytes: int = 0
+    pids: int = 0
+
+
+class RuntimeInfo(msgspec.Struct):
+    """Facts about the engine behind a runtime, as reported at start-up and by /health."""
+
+    backend: str
+    version: str
+    api_version: str
+    os: str = ""
+    cgroup_version: str = ""
+    cpus: int = 0
+    memory_bytes: int = 0
+    runtimes: list[str] = []

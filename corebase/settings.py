@@ -1,0 +1,256 @@
+"""Typed settings: built-in defaults, then config/corebase.toml (or --config), then COREBASE_* variables.
+
+Each field of a section maps to the variable ``COREBASE_<SECTION>_<FIELD>`` (for example
+``server.port`` is ``COREBASE_SERVER_PORT``); ENV_ALIASES lists the few shorter names. List values
+in variables are comma-separated. An invalid value raises ConfigError naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from corebase.errors import ConfigError
+from corebase.sizes import parse_size
+
+ENV_PREFIX = "COREBASE_"
+
+# Shorter variable names that deployers expect, mapped to the setting they set.
+ENV_ALIASES = {
+    "COREBASE_DATABASE_URL": ("database", "url"),
+    "COREBASE_REDIS_URL": ("redis", "url"),
+    "COREBASE_ADMIN_API_KEY": ("auth", "admin_api_key"),
+    "COREBASE_DATA_DIR": ("server", "data_dir"),
+}
+
+# Kept after every other capability is dropped: enough for package managers and servers on low
+# ports, without NET_RAW, MKNOD, SYS_CHROOT, AUDIT_WRITE or SETFCAP from the engine's default set.
+DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID")
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every settings section; unknown keys are errors, so typos surface at start-up."""
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    """Address the API listens on. Loopback by default; set 0.0.0.0 to accept remote clients."""
+    port: Port = 8420
+    """TCP port the API listens on."""
+    data_dir: str = ""
+    """Directory for the SQLite database and the generated admin key; empty means ~/.local/share/corebase."""
+    max_request_body: str = "1m"
+    """Largest accepted request body, in bytes or with a k/m/g suffix."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of CoreBase's own log lines."""
+
+
+class DatabaseSettings(Section):
+    url: str = ""
+    """Empty for the SQLite file in the data directory, or postgresql://user:pass@host:port/db."""
+    auto_migrate: bool = True
+    """Apply pending migrations when `corebase serve` starts."""
+
+
+class RedisSettings(Section):
+    url: str = ""
+    """redis://host:port/db to share events and leadership between API processes; empty keeps them in-process."""
+
+
+class DockerSettings(Section):
+    url: str = ""
+    """Engine address (unix:///var/run/docker.sock or tcp://...); empty uses DOCKER_HOST, then the local socket."""
+    timeout: PositiveFloat = 30.0
+    """Seconds one engine call may take before it fails with 504; stops add their grace period to it."""
+    pull_timeout: PositiveFloat = 600.0
+    """Seconds an image pull may take."""
+    pull_policy: Literal["missing", "always", "never"] = "missing"
+    """When to pull an image: only when it is missing locally, before every start, or never."""
+
+
+class ContainerSettings(Section):
+    default_memory: str = "512m"
+    """Memory limit applied when a start request names none, in bytes or with a k/m/g suffix."""
+    max_memory: str = "8g"
+    """Largest memory limit a start request may ask for."""
+    default_cpus: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """CPU limit applied when a start request names none, in CPUs."""
+    max_cpus: Annotated[float, msgspec.Meta(gt=0)] = 4.0
+    """Largest CPU limit a start request may ask for."""
+    pids_limit: PositiveInt = 512
+    """Maximum number of processes in one container."""
+    cap_add: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    """Capabilities kept after dropping all; the rest of the engine's default set is dropped."""
+    no_new_privileges: bool = True
+    """Stop processes from gaining privileges through setuid binaries."""
+    publish_host_ip: str = "127.0.0.1"
+    """Host address that published ports bind to."""
+    stop_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    """Seconds between the stop signal and SIGKILL when a request names no timeout."""
+
+
+class ExecSettings(Section):
+    max_output: str = "1m"
+    """Output kept per stream (stdout, stderr) of one exec; the rest is dropped and `truncated` set."""
+    default_timeout: PositiveFloat = 60.0
+    """Seconds an exec may run when the request names no timeout."""
+    max_timeout: PositiveFloat = 3600.0
+    """Largest timeout an exec request may ask for, in seconds."""
+
+
+class StatsSettings(Section):
+    sample_interval: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
+    """Seconds between the two readings taken when no earlier reading of a container is kept."""
+
+
+class AuthSettings(Section):
+    admin_api_key: str = ""
+    """Seed an admin API key with this value at start-up; empty generates one on first start."""
+    admin_key_file: str = "admin-api-key"
+    """File name, inside the data directory, that a generated admin key is written to (mode 0600)."""
+
+
+class PluginSettings(Section):
+    disabled: list[str] = []
+    """Plugin names that are never loaded, built-in or installed."""
+    autoload: bool = True
+    """Load installed plugins from the "corebase" entry-point group; built-ins load either way."""
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """All CoreBase settings. `config/corebase.toml` documents each with its default."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    docker: DockerSettings = msgspec.field(default_factory=DockerSettings)
+    containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
+    exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
+    stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
+
+    @property
+    def data_path(self) -> Path:
+        """Data directory as an absolute path."""
+        if self.server.data_dir:
+            return Path(self.server.data_dir).expanduser().resolve()
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "corebase"
+
+
+SIZE_SETTINGS = {
+    ("server", "max_request_body"),
+    ("containers", "default_memory"),
+    ("containers", "max_memory"),
+    ("exec", "max_output"),
+}
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build Settings from defaults, the TOML file, COREBASE_* variables and `overrides`, in that order.
+
+    Without `config_file` the file named by COREBASE_CONFIG is read, if set. A missing file given
+    explicitly is an error. `overrides` come from command-line options.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+
+    path = config_file or environ.get("COREBASE_CONFIG")
+    if path:
+        raw = _read_toml(Path(path))
+
+    for section, field, value in _environment_values(environ):
+        raw.setdefault(section, {})[field] = value
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc)) from None
+
+    _check_sizes(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing file to --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def _environment_values(environ: Mapping[str, str]) -> list[tuple[str, str, Any]]:
+    """Map COREBASE_* variables to (section, field, value) for every known setting."""
+    known = {
+        f"{ENV_PREFIX}{section.upper()}_{field.upper()}": (section, field, info.type)
+        for section, section_type in _section_types().items()
+        for field, info in _fields(section_type).items()
+    }
+    found = []
+    for name, value in environ.items():
+        if name in ENV_ALIASES:
+            section, field = ENV_ALIASES[name]
+            field_type = _fields(_section_types()[section])[field].type
+        elif name in known:
+            section, field, field_type = known[name]
+        else:
+            continue
+        if isinstance(field_type, msgspec.inspect.ListType):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        found.append((section, field, value))
+    return found
+
+
+def _section_types() -> dict[str, type]:
+    return {field.name: field.type.cls for field in msgspec.inspect.type_info(Settings).fields}
+
+
+def _fields(section_type: type) -> dict[str, msgspec.inspect.Field]:
+    return {field.name: field for field in msgspec.inspect.type_info(section_type).fields}
+
+
+def _describe_validation_error(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's "Expected `int` >= 1 - at `$.server.port`" into a message naming the setting."""
+    message = str(exc)
+    match = re.search(r" - at `\$\.([\w.\[\]]+)`$", message)
+    if not match:
+        return f"invalid settings: {message}"
+    setting = match.group(1)
+    problem = message[: match.start()]
+    section, _, field = setting.partition(".")
+    variable = f"{ENV_PREFIX}{section.upper()}_{field.upper()}" if field else f"{ENV_PREFIX}{section.upper()}"
+    return f"invalid setting {setting} (variable {variable}): {problem}"
+
+
+def _check_sizes(settings: Settings) -> None:
+    for section, field in SIZE_SETTINGS:
+        value = getattr(getattr(settings, section), field)
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            variable = f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
+            raise ConfigError(f"invalid setting {section}.{field} (variable {variable}): {exc}") from None
+
+
+def size_setting(value: str) -> int:
+    """Parse a size setting already checked by load_settings."""
+    return parse_size(value)
