@@ -1,0 +1,3 @@
+from corebase.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The HTTP API: Litestar controllers and msgspec schemas, one module per resource."""

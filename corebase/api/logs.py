@@ -1,0 +1,35 @@
+"""Parsing the query parameters of /api/runtime/logs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from corebase.errors import InvalidField
+
+
+def parse_tail(value: str | None) -> int | None:
+    """Return the number of lines to keep from the end, or None for all of them."""
+    if value is None or value == "all":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise InvalidField("tail", f"tail {value!r} is invalid; use a whole number of lines or 'all'", status=400)
+
+
+def parse_log_time(field: str, value: str | None) -> float | None:
+    """Read an RFC 3339 time or Unix seconds as Unix seconds."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidField(
+            field, f"{field} {value!r} is invalid; use RFC 3339 such as 2026-01-31T12:00:00Z or Unix seconds", status=400
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

@@ -1,0 +1,103 @@
+"""Exception handlers that turn every error into an RFC 9457 problem-details response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from corebase.errors import PROBLEM_TYPE_BASE, ApiError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def _problem(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def handle_api_error(request: Request, exc: ApiError) -> Response:
+    return _problem(exc.to_problem(instance=request.url.path), exc.status, exc.headers or None)
+
+
+def handle_validation_error(request: Request, exc: ValidationException) -> Response:
+    """Name each invalid field and what it expected, from Litestar's decoding errors."""
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            errors.append({"field": _field_name(item.get("key")), "message": item.get("message", "")})
+    if errors:
+        first = errors[0]
+        where = f"field {first['field']!r}" if first["field"] else "the request body"
+        detail = f"invalid value in {where}: {first['message']}"
+    else:
+        detail = exc.detail
+    body = {
+        "type": PROBLEM_TYPE_BASE + "invalid-request",
+        "title": "Invalid request",
+        "status": 400,
+        "detail": detail,
+        "instance": request.url.path,
+        "errors": errors,
+    }
+    if errors and errors[0]["field"]:
+        body["field"] = errors[0]["field"]
+    return _problem(body, 400)
+
+
+def _field_name(key: Any) -> str | None:
+    """Litestar reports body fields as '$.a.b' or 'a.b', and query parameters by name."""
+    if not key:
+        return None
+    return str(key).removeprefix("$.").removeprefix("$")
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    body = {
+        "type": PROBLEM_TYPE_BASE + _slug(status),
+        "title": exc.detail if status >= 500 else _title(status),
+        "status": status,
+        "detail": exc.detail,
+        "instance": request.url.path,
+    }
+    return _problem(body, status, exc.headers)
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = {
+        "type": PROBLEM_TYPE_BASE + "internal-error",
+        "title": "Internal server error",
+        "status": 500,
+        "detail": f"an unexpected {type(exc).__name__} occurred; the server log has the details",
+        "instance": request.url.path,
+    }
+    return _problem(body, 500)
+
+
+def _slug(status: int) -> str:
+    return {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+            413: "request-too-large", 429: "too-many-requests"}.get(status, f"http-{status}")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: handle_api_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "MediaType"]

@@ -1,0 +1,141 @@
+"""/api/runtime: start, stop, restart, remove, list, inspect, exec, logs and stats of containers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import Parameter
+from litestar.response import Stream
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from corebase.api.logs import parse_log_time, parse_tail
+from corebase.api.records import container_record, stats_record
+from corebase.api.schemas import (
+    ContainerPage,
+    ContainerRecord,
+    ExecRecord,
+    ExecRequest,
+    RemoveRequest,
+    StartRequest,
+    StatsRecord,
+    StopRequest,
+)
+from corebase.auth.caller import Caller
+from corebase.containers.service import ContainerService
+from corebase.runtime.types import LogChunk, LogOptions
+
+ContainerIdQuery = Annotated[str, Parameter(query="containerId", description="CoreBase container id or name")]
+
+
+class RuntimeController(Controller):
+    path = "/api/runtime"
+    tags = ["runtime"]
+
+    @post("/start", status_code=HTTP_201_CREATED, summary="Create and start a container")
+    async def start(self, data: StartRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+        return container_record(await containers.start(caller, data))
+
+    @post("/stop", status_code=HTTP_200_OK, summary="Stop a container, killing it after the grace period")
+    async def stop(self, data: StopRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+        return container_record(await containers.stop(caller, data.container_id, data.timeout))
+
+    @post("/restart", status_code=HTTP_200_OK, summary="Restart a container")
+    async def restart(self, data: StopRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+        return container_record(await containers.restart(caller, data.container_id, data.timeout))
+
+    @post("/remove", status_code=HTTP_200_OK, summary="Remove a container")
+    async def remove(self, data: RemoveRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+        return container_record(await containers.remove(caller, data.container_id, data.force))
+
+    @get("/containers", summary="List containers")
+    async def list_containers(
+        self,
+        caller: Caller,
+        containers: ContainerService,
+        project_id: Annotated[str | None, Parameter(query="projectId")] = None,
+        status: Annotated[
+            Literal["creating", "created", "running", "paused", "restarting", "exited", "dead", "failed", "removed"]
+            | None,
+            Parameter(description="Only this status; without it, every status but failed and removed"),
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        offset: Annotated[int, Parameter(ge=0)] = 0,
+    ) -> ContainerPage:
+        rows, total = await containers.list(caller, project_id=project_id, status=status, limit=limit, offset=offset)
+        return ContainerPage(items=[container_record(row) for row in rows], total=total, limit=limit, offset=offset)
+
+    @get("/containers/{container_id:str}", summary="Inspect one container")
+    async def get_container(self, container_id: str, caller: Caller, containers: ContainerService) -> ContainerRecord:
+        return container_record(await containers.get(caller, container_id))
+
+    @post("/exec", status_code=HTTP_200_OK, summary="Run a command in a running container")
+    async def exec(self, data: ExecRequest, caller: Caller, containers: ContainerService) -> ExecRecord:
+        result, duration_ms = await containers.exec(caller, data)
+        return ExecRecord(
+            exit_code=result.exit_code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            truncated=result.truncated,
+            timed_out=result.timed_out,
+            duration_ms=round(duration_ms, 3),
+        )
+
+    @get(
+        "/logs",
+        summary="Read or follow a container's logs",
+        description="Plain text by default, exactly as the container wrote it; format=ndjson gives one JSON "
+        "object per chunk with its stream. With follow=true the response streams until the container exits.",
+    )
+    async def logs(
+        self,
+        caller: Caller,
+        containers: ContainerService,
+        container_id: ContainerIdQuery,
+        tail: Annotated[str | None, Parameter(description="Number of lines from the end, or 'all'")] = None,
+        since: Annotated[str | None, Parameter(description="RFC 3339 time or Unix seconds")] = None,
+        until: Annotated[str | None, Parameter(description="RFC 3339 time or Unix seconds")] = None,
+        timestamps: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+        follow: bool = False,
+        format: Literal["text", "ndjson"] = "text",
+    ) -> Stream:
+        options = LogOptions(
+            stdout=stdout,
+            stderr=stderr,
+            follow=follow,
+            tail=parse_tail(tail),
+            since=parse_log_time("since", since),
+            until=parse_log_time("until", until),
+            timestamps=timestamps,
+        )
+        chunks = await containers.logs(caller, container_id, options)
+        if format == "ndjson":
+            return Stream(_ndjson(chunks), media_type="application/x-ndjson")
+        return Stream(_raw(chunks), media_type="text/plain; charset=utf-8")
+
+    @get("/stats", summary="Read a running container's resource usage")
+    async def stats(self, caller: Caller, containers: ContainerService, container_id: ContainerIdQuery) -> StatsRecord:
+        row, sample, percent = await containers.stats(caller, container_id)
+        return stats_record(row.id, sample, percent)
+
+
+class _LogLine(msgspec.Struct):
+    stream: str
+    text: str
+
+
+_encoder = msgspec.json.Encoder()
+
+
+async def _raw(chunks: AsyncIterator[LogChunk]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield chunk.data
+
+
+async def _ndjson(chunks: AsyncIterator[LogChunk]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield _encoder.encode(_LogLine(stream=chunk.stream, text=chunk.data.decode("utf-8", "replace"))) + b"\n"

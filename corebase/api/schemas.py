@@ -1,0 +1,174 @@
+"""Request and response bodies of /api/runtime, as msgspec Structs with camelCase JSON names.
+
+Types and bounds declared here are checked by Litestar while it decodes the body, so a wrong type
+answers 400 naming the field. Rules that need settings or several fields live in
+`corebase.containers.spec`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400, description="Seconds")]
+Argv = Annotated[list[str], msgspec.Meta(min_length=1, description="Program and arguments, not run by a shell")]
+
+
+class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: camelCase names, and an unknown field is an error, not ignored."""
+
+
+class Record(msgspec.Struct, rename="camel", kw_only=True):
+    """Base of response bodies."""
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class MountRequest(Body):
+    type: Literal["volume", "tmpfs", "bind"]
+    target: str
+    source: str | None = None
+    read_only: bool = False
+
+
+class StartRequest(Body):
+    image: str
+    name: str | None = None
+    project_id: str | None = None
+    command: Argv | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = {}
+    # Container port ("3000" or "3000/udp") to host port; null or 0 lets the engine choose one.
+    ports: dict[str, int | None] = {}
+    memory: int | str | None = msgspec.field(default=None)
+    cpus: float | None = None
+    labels: dict[str, str] = {}
+    workdir: str | None = None
+    user: str | None = None
+    tty: bool = False
+    mounts: list[MountRequest] = []
+    # Docker CLI style "source:target[:ro]" entries; a source that is a path is a host bind mount.
+    volumes: list[str] = []
+    # Accepted so that a request for them is rejected by policy with a reason, not ignored.
+    privileged: bool = False
+    network_mode: str | None = None
+    pid_mode: str | None = None
+    ipc_mode: str | None = None
+
+
+class ContainerRef(Body):
+    container_id: str
+
+
+class StopRequest(Body):
+    container_id: str
+    # Grace period between the stop signal and SIGKILL; the configured default when omitted.
+    timeout: Seconds | None = None
+
+
+class RemoveRequest(Body):
+    container_id: str
+    force: bool = False
+
+
+class ExecRequest(Body):
+    container_id: str
+    command: Argv
+    env: dict[str, str] = {}
+    workdir: str | None = None
+    user: str | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+class PortRecord(Record):
+    container_port: int
+    protocol: str
+    host_ip: str
+    host_port: int | None
+
+
+class ResourcesRecord(Record):
+    memory: int | None
+    cpus: float | None
+    pids_limit: int | None
+
+
+class ContainerRecord(Record):
+    id: str
+    docker_id: str | None
+    name: str
+    image: str
+    status: str
+    project_id: str | None
+    owner: str
+    template: str | None
+    template_version: int | None
+    command: list[str] | None
+    labels: dict[str, str]
+    ports: list[PortRecord]
+    resources: ResourcesRecord
+    tty: bool
+    exit_code: int | None
+    oom_killed: bool
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    removed_at: datetime | None
+
+
+class ContainerPage(Record):
+    items: list[ContainerRecord]
+    total: int
+    limit: int
+    offset: int
+
+
+class ExecRecord(Record):
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    truncated: bool
+    timed_out: bool
+    duration_ms: float
+
+
+class StatsRecord(Record):
+    container_id: str
+    read_at: datetime
+    # Percent of one CPU, so a container using two full CPUs reads 200.
+    cpu_percent: float | None
+    online_cpus: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    memory_percent: float | None
+    network_rx_bytes: int
+    network_tx_bytes: int
+    block_read_bytes: int
+    block_write_bytes: int
+    pids: int
+
+
+class ComponentHealth(Record):
+    ok: bool
+    detail: str
+
+
+class HealthRecord(Record):
+    status: Literal["ok", "degraded"]
+    version: str
+    database: ComponentHealth
+    engine: ComponentHealth
+
+
+class PluginRecord(Record):
+    name: str
+    version: str | None
+    hooks: list[str]

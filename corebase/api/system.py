@@ -1,0 +1,56 @@
+"""/health and /api/plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+
+from corebase import __version__, db
+from corebase.api.schemas import ComponentHealth, HealthRecord, PluginRecord
+from corebase.auth.caller import Caller
+from corebase.errors import ApiError
+from corebase.plugins import AppContext, describe_plugins
+
+logger = logging.getLogger(__name__)
+
+# Seconds each health probe may take, so /health answers quickly when a component hangs.
+HEALTH_PROBE_TIMEOUT = 3.0
+
+
+class SystemController(Controller):
+    tags = ["system"]
+
+    @get("/health", exclude_from_auth=True, summary="Database and engine reachability (no authentication)")
+    async def health(self, state: State) -> Response[HealthRecord]:
+        context: AppContext = state.context
+        database, engine = await asyncio.gather(_probe_database(state), _probe_engine(context))
+        healthy = database.ok and engine.ok
+        record = HealthRecord(
+            status="ok" if healthy else "degraded", version=__version__, database=database, engine=engine
+        )
+        return Response(record, status_code=200 if healthy else 503)
+
+    @get("/api/plugins", summary="Loaded plugins, their versions and the hooks each implements")
+    async def plugins(self, state: State, caller: Caller) -> list[PluginRecord]:
+        context: AppContext = state.context
+        return [PluginRecord(**item) for item in describe_plugins(context.plugin_manager)]
+
+
+async def _probe_database(state: State) -> ComponentHealth:
+    try:
+        await asyncio.wait_for(db.ping(state.database), HEALTH_PROBE_TIMEOUT)
+    except Exception as exc:  # any driver error means unreachable
+        logger.warning("health: database unreachable: %s", exc)
+        return ComponentHealth(ok=False, detail=f"unreachable: {exc or type(exc).__name__}")
+    return ComponentHealth(ok=True, detail=state.database_description)
+
+
+async def _probe_engine(context: AppContext) -> ComponentHealth:
+    try:
+        info = await asyncio.wait_for(context.runtime.info(), HEALTH_PROBE_TIMEOUT)
+    except (ApiError, TimeoutError) as exc:
+        return ComponentHealth(ok=False, detail=f"unreachable: {exc or 'timed out'}")
+    return ComponentHealth(ok=True, detail=f"{info.backend} {info.version} (API {info.api_version})")

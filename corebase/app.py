@@ -1,0 +1,146 @@
+"""create_app(settings): the Litestar application with its plugins, storage and runtime."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from corebase import __version__, db
+from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
+from corebase.api.problems import EXCEPTION_HANDLERS
+from corebase.api.runtime import RuntimeController
+from corebase.api.system import SystemController
+from corebase.auth.keys import KeyVerifier, seed_admin_key
+from corebase.containers.service import ContainerService
+from corebase.errors import ApiError, ConfigError
+from corebase.plugins import AppContext, build_plugin_manager, collect_named, load_runtime
+from corebase.settings import Settings
+from corebase.sizes import parse_size
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litestar:
+    """Build the app. Plugins load and are validated here; storage and the engine connect at start-up."""
+    manager = build_plugin_manager(settings, extra_plugins)
+    context = AppContext(
+        settings=settings,
+        plugin_manager=manager,
+        runtime=load_runtime(manager, settings),
+        policies=collect_named(manager, "corebase_security_policies", settings, "security policy"),
+        templates=collect_named(manager, "corebase_templates", settings, "template"),
+    )
+    extra_routes = [route for routes in manager.hook.corebase_routes(settings=settings) for route in routes or []]
+
+    return Litestar(
+        route_handlers=[SystemController, RuntimeController, *extra_routes],
+        dependencies={
+            "caller": Provide(provide_caller, sync_to_thread=False),
+            "containers": Provide(_provide_containers, sync_to_thread=False),
+        },
+        middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[_lifespan],
+        state=State({"context": context, "key_verifier": KeyVerifier()}),
+        openapi_config=OpenAPIConfig(
+            title="CoreBase",
+            version=__version__,
+            description="Containers on demand: start, exec, logs and stats on a Docker Engine.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="CoreBase API key")}
+            ),
+            security=[{"apiKey": []}],
+        ),
+        request_max_body_size=parse_size(settings.server.max_request_body),
+        debug=False,
+    )
+
+
+def _provide_containers(state: State) -> ContainerService:
+    return state.containers
+
+
+@asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    context: AppContext = app.state.context
+    settings = context.settings
+
+    engine = await db.connect(settings)
+    try:
+        await _prepare_database(settings)
+        engine_cpus = await _describe_engine(context)
+        app.state.database = engine
+        app.state.database_description = db.describe(settings)
+        app.state.containers = ContainerService(settings, context.runtime, context.policies, engine_cpus)
+        context.state["containers"] = app.state.containers
+        await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
+        yield
+    finally:
+        await _shutdown(context)
+        await db.disconnect(engine)
+
+
+async def _prepare_database(settings: Settings) -> None:
+    if settings.database.auto_migrate:
+        await db.migrate()
+    else:
+        pending = await db.pending_migrations()
+        if pending:
+            raise ConfigError(
+                f"{len(pending)} database migration(s) are pending and database.auto_migrate is off; "
+                "run 'corebase migrate' first"
+            )
+    key_file = await seed_admin_key(settings)
+    if key_file is not None:
+        print(f"CoreBase generated an admin API key; it is in {key_file}", flush=True)
+
+
+async def _describe_engine(context: AppContext) -> int | None:
+    """Log the engine's facts; an unreachable engine is a warning, not a failed start."""
+    try:
+        info = await context.runtime.info()
+    except ApiError as exc:
+        logger.warning("container engine unreachable at start-up: %s", exc)
+        return None
+    logger.info(
+        "container engine: %s %s (API %s), %s CPUs, cgroup v%s",
+        info.backend,
+        info.version,
+        info.api_version,
+        info.cpus,
+        info.cgroup_version or "?",
+    )
+    return info.cpus or None
+
+
+async def _shutdown(context: AppContext) -> None:
+    for implementation in reversed(context.plugin_manager.hook.corebase_shutdown.get_hookimpls()):
+        try:
+            result = implementation.function(context=context)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("shutdown hook of plugin %s failed", implementation.plugin_name)
+    try:
+        await context.runtime.close()
+    except Exception:
+        logger.exception("closing the container runtime failed")
+
+
+async def _call_all(results: list[Any]) -> None:
+    for result in results:
+        if inspect.isawaitable(result):
+            await result

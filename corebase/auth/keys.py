@@ -1,0 +1,130 @@
+"""Creating, seeding and checking API keys.
+
+Keys are 32 random bytes, so a single SHA-256 hash is enough to store them safely: unlike
+passwords they cannot be guessed from a dictionary, and a fast hash keeps every request cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from corebase.auth.caller import Caller, Role
+from corebase.auth.tables import ApiKey
+from corebase.errors import Unauthorized
+from corebase.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "cbk_"
+# Seconds a verified key stays in the in-process cache before the database is asked again,
+# which bounds how long a revoked key keeps working in a running process.
+CACHE_SECONDS = 30.0
+# Seconds between two writes of a key's last_used_at.
+LAST_USED_RESOLUTION = 60.0
+
+
+def generate_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+async def create_key(name: str, user: str, role: Role, secret: str | None = None) -> tuple[ApiKey, str]:
+    """Store a new key and return its row and the secret, which is never stored in clear."""
+    secret = secret or generate_secret()
+    row = ApiKey(
+        id="key_" + secrets.token_hex(8),
+        name=name,
+        user=user,
+        role=role,
+        prefix=secret[:12],
+        key_hash=hash_secret(secret),
+        created_at=utcnow(),
+    )
+    await row.save()
+    return row, secret
+
+
+async def seed_admin_key(settings: Settings) -> Path | None:
+    """Make sure an admin key exists at start-up.
+
+    With `auth.admin_api_key` set, that secret becomes an admin key (once). Otherwise, when no admin
+    key exists, one is generated and written to a 0600 file in the data directory, whose path is
+    returned and logged. Returns None when nothing was generated.
+    """
+    configured = settings.auth.admin_api_key
+    if configured:
+        if not await ApiKey.exists().where(ApiKey.key_hash == hash_secret(configured)):
+            await create_key("admin (from settings)", "admin", "admin", secret=configured)
+            logger.info("seeded the admin API key from auth.admin_api_key")
+        return None
+
+    active_admin = await ApiKey.exists().where((ApiKey.role == "admin") & (ApiKey.revoked_at.is_null()))
+    if active_admin:
+        return None
+
+    _, secret = await create_key("admin (generated)", "admin", "admin")
+    path = settings.data_path / settings.auth.admin_key_file
+    _write_private_file(path, secret + "\n")
+    logger.warning("generated an admin API key and wrote it to %s (readable by this user only)", path)
+    return path
+
+
+def _write_private_file(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(content)
+
+
+class KeyVerifier:
+    """Checks bearer secrets against stored hashes, with a short in-process cache."""
+
+    def __init__(self) -> None:
+        # key hash -> (monotonic time verified, caller, expiry), so an expiry is honoured on cache hits too
+        self._cache: dict[str, tuple[float, Caller, datetime | None]] = {}
+        self._last_used_written: dict[str, float] = {}
+
+    async def verify(self, secret: str) -> Caller:
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and now - cached[0] < CACHE_SECONDS and (cached[2] is None or cached[2] > utcnow()):
+            return cached[1]
+
+        row = await ApiKey.objects().where(ApiKey.key_hash == digest).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            raise Unauthorized("the API key is not valid; pass a key as 'Authorization: Bearer <key>'")
+        if row.revoked_at is not None:
+            raise Unauthorized(f"API key {row.id} was revoked; create a new key")
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            raise Unauthorized(f"API key {row.id} expired at {row.expires_at.isoformat()}; create a new key")
+
+        caller = Caller(key_id=row.id, user=row.user, role=row.role)
+        self._cache[digest] = (now, caller, row.expires_at)
+        await self._touch(row.id, now)
+        return caller
+
+    async def _touch(self, key_id: str, now: float) -> None:
+        if now - self._last_used_written.get(key_id, float("-inf")) < LAST_USED_RESOLUTION:
+            return
+        self._last_used_written[key_id] = now
+        await ApiKey.update({ApiKey.last_used_at: utcnow()}).where(ApiKey.id == key_id)
+
+    def forget(self) -> None:
+        """Drop every cached verification, so the next request reads the database again."""
+        self._cache.clear()

@@ -1,0 +1,103 @@
+"""The `corebase` command: serve the API or apply database migrations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from corebase import __version__
+from corebase.errors import ConfigError, PluginError
+from corebase.settings import Settings, load_settings
+
+logger = logging.getLogger("corebase")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corebase", description="Self-hosted control plane for developer containers.")
+    parser.add_argument("--version", action="version", version=f"corebase {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API server")
+    _add_common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1, setting server.host)")
+    serve.add_argument("--port", type=int, help="TCP port to listen on (default 8420, setting server.port)")
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
+    _add_common(migrate)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML settings file (default: $COREBASE_CONFIG, if set)")
+    parser.add_argument("--data-dir", help="directory for the SQLite database and generated keys (setting server.data_dir)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, overrides=_overrides(args))
+        configure_logging(settings)
+        if args.command == "serve":
+            return serve(settings)
+        return asyncio.run(migrate(settings))
+    except (ConfigError, PluginError) as exc:
+        print(f"corebase: {exc}", file=sys.stderr)
+        return 2
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    server: dict[str, Any] = {}
+    if args.data_dir:
+        server["data_dir"] = args.data_dir
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    return {"server": server} if server else {}
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("corebase").setLevel(settings.server.log_level.upper())
+    for name in ("corebase_docker", "corebase_policies"):
+        logging.getLogger(name).setLevel(settings.server.log_level.upper())
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from corebase.app import create_app
+
+    app = create_app(settings)
+    logger.info("CoreBase %s listening on http://%s:%s", __version__, settings.server.host, settings.server.port)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn exits quietly when start-up fails; report it as a failure to the shell.
+    return 0 if server.started else 1
+
+
+async def migrate(settings: Settings) -> int:
+    from corebase import db
+
+    engine = await db.connect(settings)
+    try:
+        applied = await db.migrate()
+    finally:
+        await db.disconnect(engine)
+    if applied:
+        print(f"applied {len(applied)} migration(s): {', '.join(applied)}")
+    else:
+        print("the database is up to date")
+    return 0

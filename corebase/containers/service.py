@@ -1,0 +1,436 @@
+"""The container service: every container operation the API offers, as validate, act, record.
+
+The database row says what CoreBase intends; the engine says what exists. Reads refresh a row
+from the engine so a container that ended on its own reports its exit code. Failed starts leave
+nothing behind: the engine object is removed, and the row is deleted for a client error (the
+request never described a container that could exist) or kept as `failed` with the reason for a
+server-side error, so an operator can see what went wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+
+from corebase.api.schemas import ExecRequest, StartRequest
+from corebase.auth.caller import Caller
+from corebase.containers.spec import build_spec
+from corebase.containers.tables import ACTIVE_STATUSES, Container
+from corebase.errors import (
+    ApiError,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerRunning,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidField,
+    NameInUse,
+)
+from corebase.runtime.cpu import cpu_percent
+from corebase.runtime.protocol import ContainerRuntime
+from corebase.runtime.types import ContainerSpec, ContainerState, ExecResult, LogChunk, LogOptions, StatsSample
+from corebase.security import Policy, PolicyRequest
+from corebase.security.policy import enforce_policies
+from corebase.settings import Settings
+from corebase.sizes import parse_size
+
+logger = logging.getLogger(__name__)
+
+# Statuses in which the engine may still hold the container, so reads ask the engine.
+LIVE_STATUSES = ("created", "running", "paused", "restarting")
+# A kept stats sample older than this is not used for the CPU delta.
+STATS_SAMPLE_MAX_AGE = 60.0
+STATS_CACHE_SIZE = 10_000
+# Seconds to wait for a log stream's first output before sending the response headers.
+LOG_FIRST_CHUNK_WAIT = 0.25
+
+
+def new_container_id() -> str:
+    return "ctr_" + secrets.token_hex(8)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ContainerService:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: ContainerRuntime,
+        policies: list[Policy],
+        engine_cpus: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.policies = policies
+        self.engine_cpus = engine_cpus
+        self._samples: OrderedDict[str, tuple[float, StatsSample]] = OrderedDict()
+
+    # --- start -------------------------------------------------------------------------------
+
+    async def start(self, caller: Caller, request: StartRequest) -> Container:
+        """Create and start a container; on any failure remove what was made and re-raise."""
+        container_id = new_container_id()
+        spec = build_spec(
+            request, self.settings, container_id=container_id, owner=caller.user, engine_cpus=self.engine_cpus
+        )
+        await enforce_policies(self.policies, PolicyRequest(spec=spec, caller=caller))
+        row = await self._insert_creating(container_id, spec, request, caller)
+
+        engine_id = None
+        try:
+            engine_id = await self.runtime.create(spec)
+            row.docker_id = engine_id
+            await self.runtime.start(engine_id)
+            state = await self.runtime.inspect(engine_id)
+        except BaseException as exc:
+            await asyncio.shield(self._abandon(row, engine_id, exc))
+            raise
+
+        _apply_state(row, state)
+        await row.save()
+        logger.info(
+            "started container %s (engine %s) image=%s owner=%s", row.id, engine_id[:12], spec.image, caller.user
+        )
+        return row
+
+    async def _insert_creating(
+        self, container_id: str, spec: ContainerSpec, request: StartRequest, caller: Caller
+    ) -> Container:
+        now = utcnow()
+        row = Container(
+            id=container_id,
+            name=spec.name,
+            image=spec.image,
+            project_id=request.project_id,
+            owner=caller.user,
+            status="creating",
+            command=request.command,
+            labels=dict(request.labels),
+            ports=[],
+            tty=spec.tty,
+            memory=spec.memory,
+            nano_cpus=spec.nano_cpus,
+            pids_limit=spec.pids_limit,
+            created_at=now,
+            updated_at=now,
+        )
+        # The name check and the insert share one write transaction, so two requests for one name
+        # cannot both pass on SQLite; on PostgreSQL the engine's own unique names are the backstop.
+        async with _write_transaction():
+            if await Container.exists().where(
+                (Container.name == spec.name) & Container.status.is_in(list(ACTIVE_STATUSES))
+            ):
+                raise NameInUse(spec.name)
+            await row.save()
+        return row
+
+    async def _abandon(self, row: Container, engine_id: str | None, exc: BaseException) -> None:
+        """Undo a start that failed after its row was written."""
+        if engine_id is not None:
+            try:
+                await self.runtime.remove(engine_id, force=True)
+            except ContainerNotFound:
+                pass
+            except Exception:
+                logger.exception("could not remove container %s (engine %s) after a failed start", row.id, engine_id)
+
+        if isinstance(exc, ApiError) and exc.status < 500:
+            await Container.delete().where(Container.id == row.id)
+            return
+        row.status = "failed"
+        row.error = str(exc) or type(exc).__name__
+        row.updated_at = utcnow()
+        await row.save()
+        logger.warning("start of container %s failed: %s", row.id, row.error)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get(self, caller: Caller, reference: str) -> Container:
+        row = await self._find(caller, reference, include_removed=True)
+        await self._refresh(row)
+        return row
+
+    async def list(
+        self,
+        caller: Caller,
+        *,
+        project_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Container], int]:
+        """Return one page of the caller's containers, newest first, and the total matching."""
+        condition = _visible_to(caller)
+        if project_id is not None:
+            condition &= Container.project_id == project_id
+        if status is not None:
+            condition &= Container.status == status
+        else:
+            condition &= Container.status.is_in(list(ACTIVE_STATUSES))
+
+        total = await Container.count().where(condition)
+        rows = await (
+            Container.objects().where(condition).order_by(Container.created_at, ascending=False).limit(limit).offset(offset)
+        )
+        await self._refresh_many(rows)
+        if status is not None:
+            rows = [row for row in rows if row.status == status]
+        return rows, total
+
+    async def _refresh(self, row: Container) -> None:
+        """Bring a row up to date with the engine; keep the stored state when the engine is unreachable."""
+        if row.status not in LIVE_STATUSES or row.docker_id is None:
+            return
+        try:
+            state = await self.runtime.inspect(row.docker_id)
+        except ContainerNotFound:
+            await self._mark_gone(row)
+            return
+        except (EngineUnavailable, EngineTimeout) as exc:
+            logger.warning("could not refresh container %s from the engine: %s", row.id, exc)
+            return
+        if _apply_state(row, state):
+            await row.save()
+
+    async def _refresh_many(self, rows: list[Container]) -> None:
+        live = [row for row in rows if row.status in LIVE_STATUSES and row.docker_id]
+        if not live:
+            return
+        try:
+            states = {state.engine_id: state for state in await self.runtime.list({"corebase.managed": "true"})}
+        except (EngineUnavailable, EngineTimeout) as exc:
+            logger.warning("could not refresh the container list from the engine: %s", exc)
+            return
+        for row in live:
+            state = states.get(row.docker_id)
+            if state is None:
+                await self._mark_gone(row)
+            elif _apply_state(row, state):
+                await row.save()
+
+    async def _mark_gone(self, row: Container) -> None:
+        row.status = "removed"
+        row.error = "the container was removed outside CoreBase"
+        row.removed_at = row.updated_at = utcnow()
+        await row.save()
+        logger.warning("container %s (engine %s) no longer exists in the engine", row.id, row.docker_id)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def stop(self, caller: Caller, reference: str, timeout: float | None) -> Container:
+        row = await self._find(caller, reference)
+        grace = self.settings.containers.stop_timeout if timeout is None else timeout
+        async with self._engine_errors(row):
+            await self.runtime.stop(row.docker_id, grace)
+        await self._refresh_after_change(row)
+        logger.info("stopped container %s exit_code=%s by %s", row.id, row.exit_code, caller.user)
+        return row
+
+    async def restart(self, caller: Caller, reference: str, timeout: float | None) -> Container:
+        row = await self._find(caller, reference)
+        grace = self.settings.containers.stop_timeout if timeout is None else timeout
+        async with self._engine_errors(row):
+            await self.runtime.restart(row.docker_id, grace)
+        await self._refresh_after_change(row)
+        logger.info("restarted container %s by %s", row.id, caller.user)
+        return row
+
+    async def remove(self, caller: Caller, reference: str, force: bool) -> Container:
+        row = await self._find(caller, reference)
+        if row.docker_id is not None:
+            try:
+                async with self._engine_errors(row):
+                    await self.runtime.remove(row.docker_id, force=force)
+            except ContainerNotFound:
+                pass
+        row.status = "removed"
+        row.removed_at = row.updated_at = utcnow()
+        await row.save()
+        self._samples.pop(row.id, None)
+        logger.info("removed container %s by %s", row.id, caller.user)
+        return row
+
+    async def _refresh_after_change(self, row: Container) -> None:
+        try:
+            state = await self.runtime.inspect(row.docker_id)
+        except ContainerNotFound:
+            await self._mark_gone(row)
+            return
+        _apply_state(row, state)
+        await row.save()
+
+    # --- exec, logs, stats -------------------------------------------------------------------
+
+    async def exec(self, caller: Caller, request: ExecRequest) -> tuple[ExecResult, float]:
+        """Run a command in a running container; return the result and its duration in milliseconds."""
+        limits = self.settings.exec
+        if request.timeout is not None and request.timeout > limits.max_timeout:
+            raise InvalidField("timeout", f"timeout {request.timeout:g} is above the maximum of {limits.max_timeout:g} seconds")
+        row = await self._find(caller, request.container_id)
+
+        started = time.perf_counter()
+        async with self._engine_errors(row):
+            result = await self.runtime.exec(
+                row.docker_id,
+                request.command,
+                env=request.env or None,
+                workdir=request.workdir,
+                user=request.user,
+                timeout=request.timeout or limits.default_timeout,
+                max_output=parse_size(limits.max_output),
+            )
+        duration_ms = (time.perf_counter() - started) * 1000
+        logger.info("exec in container %s exit_code=%s by %s", row.id, result.exit_code, caller.user)
+        return result, duration_ms
+
+    async def logs(self, caller: Caller, reference: str, options: LogOptions) -> AsyncIterator[LogChunk]:
+        """Check the container and open its log stream.
+
+        Errors the engine reports before the first output (within LOG_FIRST_CHUNK_WAIT seconds)
+        raise here, so the client gets a proper error status instead of a broken stream.
+        """
+        row = await self._find(caller, reference)
+        stream = self.runtime.logs(row.docker_id, options)
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.wait({first}, timeout=LOG_FIRST_CHUNK_WAIT)
+        if first.done() and first.exception() is not None and not isinstance(first.exception(), StopAsyncIteration):
+            await stream.aclose()
+            async with self._engine_errors(row):
+                first.result()
+        return _continue_stream(first, stream)
+
+    async def stats(self, caller: Caller, reference: str) -> tuple[Container, StatsSample, float | None]:
+        """Read a running container's counters; CPU percent comes from this reading and the one before."""
+        row = await self._find(caller, reference)
+        async with self._engine_errors(row):
+            current = await self.runtime.stats(row.docker_id)
+            kept = self._samples.get(row.id)
+            previous = kept[1] if kept and time.monotonic() - kept[0] < STATS_SAMPLE_MAX_AGE else None
+            percent = cpu_percent(previous, current)
+            if percent is None:
+                await asyncio.sleep(self.settings.stats.sample_interval)
+                previous, current = current, await self.runtime.stats(row.docker_id)
+                percent = cpu_percent(previous, current)
+
+        self._samples[row.id] = (time.monotonic(), current)
+        self._samples.move_to_end(row.id)
+        while len(self._samples) > STATS_CACHE_SIZE:
+            self._samples.popitem(last=False)
+        return row, current, percent
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def _find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:
+        """Find a container the caller may see by CoreBase id, or by the name of an active one."""
+        visible = _visible_to(caller)
+        row = await Container.objects().where(visible & (Container.id == reference)).first()
+        if row is None:
+            row = (
+                await Container.objects()
+                .where(visible & (Container.name == reference) & Container.status.is_in(list(ACTIVE_STATUSES)))
+                .first()
+            )
+        if row is None:
+            raise ContainerNotFound(reference)
+        if not include_removed and row.status in ("removed", "failed"):
+            raise ContainerNotFound(reference, f"container {reference!r} is {row.status}; it can no longer be used")
+        if not include_removed and row.docker_id is None:
+            raise ContainerNotRunning(row.id, row.status)
+        return row
+
+    def _engine_errors(self, row: Container) -> _EngineErrors:
+        return _EngineErrors(self, row)
+
+
+class _EngineErrors:
+    """Re-raise a runtime's not-found and not-running errors with CoreBase's id instead of the engine's."""
+
+    def __init__(self, service: ContainerService, row: Container) -> None:
+        self.service = service
+        self.row = row
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type, exc, traceback) -> bool:
+        if isinstance(exc, ContainerNotFound):
+            await self.service._mark_gone(self.row)
+            raise ContainerNotFound(self.row.id, f"container {self.row.id!r} no longer exists in the engine") from None
+        if isinstance(exc, ContainerNotRunning):
+            await self.service._refresh(self.row)
+            raise ContainerNotRunning(self.row.id, self.row.status) from None
+        if isinstance(exc, ContainerRunning):
+            raise ContainerRunning(self.row.id) from None
+        return False
+
+
+def _visible_to(caller: Caller):
+    """The rows a caller may see: all of them for an admin, otherwise their own."""
+    if caller.is_admin:
+        return Container.id.is_not_null()
+    return Container.owner == caller.user
+
+
+def _write_transaction():
+    engine = Container._meta.db
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.immediate)
+    return engine.transaction()
+
+
+def _apply_state(row: Container, state: ContainerState) -> bool:
+    """Copy the engine's view onto the row; return whether anything changed."""
+    ended = state.status in ("exited", "dead")
+    values = {
+        "status": state.status,
+        "exit_code": state.exit_code if ended else None,
+        "oom_killed": state.oom_killed if ended else False,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at if ended else None,
+        "ports": [_port_json(port) for port in state.ports] or row.ports,
+    }
+    if state.error:
+        values["error"] = state.error
+    changed = {key: value for key, value in values.items() if getattr(row, key) != value}
+    for key, value in changed.items():
+        setattr(row, key, value)
+    if changed or row.status == "creating":
+        row.updated_at = utcnow()
+    return bool(changed)
+
+
+def _port_json(port) -> dict:
+    return {
+        "containerPort": port.container_port,
+        "protocol": port.protocol,
+        "hostIp": port.host_ip,
+        "hostPort": port.host_port,
+    }
+
+
+async def _continue_stream(
+    first: asyncio.Future[LogChunk], stream: AsyncIterator[LogChunk]
+) -> AsyncIterator[LogChunk]:
+    try:
+        try:
+            yield await first
+        except StopAsyncIteration:
+            return
+        async for chunk in stream:
+            yield chunk
+    finally:
+        if not first.done():
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+        await stream.aclose()

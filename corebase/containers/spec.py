@@ -1,0 +1,233 @@
+"""Turning a start request into a complete, hardened ContainerSpec.
+
+Every rule here runs before any row is written or any engine call is made, and each failure names
+the request field and the fix. Security decisions (privileged mode, host namespaces, host paths)
+belong to the policy plugins, which see the spec this module builds.
+"""
+
+from __future__ import annotations
+
+import re
+
+from corebase.api.schemas import StartRequest
+from corebase.errors import InvalidField
+from corebase.runtime.types import ContainerSpec, MountSpec, PortBinding
+from corebase.settings import Settings
+from corebase.sizes import format_size, parse_size
+
+# The engine refuses memory limits below 6 MiB.
+ENGINE_MIN_MEMORY = 6 * 1024 * 1024
+NANO_CPUS = 1_000_000_000
+# The engine's own rule for container names.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+# An image reference: optional registry host[:port]/, path components, then :tag and/or @digest.
+IMAGE_PATTERN = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+ENV_NAME_PATTERN = re.compile(r"^[^=\0]+$")
+PORT_KEY_PATTERN = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
+RESERVED_LABEL_PREFIX = "corebase."
+PROJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+LABEL_ID = "corebase.id"
+LABEL_OWNER = "corebase.owner"
+LABEL_TEMPLATE = "corebase.template"
+LABEL_PROJECT = "corebase.project"
+LABEL_MANAGED = "corebase.managed"
+
+
+def build_spec(
+    request: StartRequest,
+    settings: Settings,
+    *,
+    container_id: str,
+    owner: str,
+    engine_cpus: int | None = None,
+) -> ContainerSpec:
+    """Validate `request` and fill in CoreBase's hardened defaults; raise InvalidField on the first bad field."""
+    limits = settings.containers
+    name = request.name if request.name is not None else f"cb-{container_id.removeprefix('ctr_')}"
+
+    _check_name(name)
+    _check_image(request.image)
+    _check_project(request.project_id)
+    _check_env(request.env)
+    _check_labels(request.labels)
+
+    labels = {
+        **request.labels,
+        LABEL_ID: container_id,
+        LABEL_OWNER: owner,
+        LABEL_MANAGED: "true",
+    }
+    if request.project_id:
+        labels[LABEL_PROJECT] = request.project_id
+
+    return ContainerSpec(
+        image=request.image,
+        name=name,
+        labels=labels,
+        command=request.command,
+        entrypoint=request.entrypoint,
+        env=dict(request.env),
+        ports=_port_bindings(request.ports, limits.publish_host_ip),
+        mounts=[*_mounts(request), *_volume_mounts(request.volumes)],
+        workdir=request.workdir,
+        user=request.user,
+        tty=request.tty,
+        memory=memory_limit(request.memory, settings),
+        nano_cpus=cpu_limit(request.cpus, settings, engine_cpus),
+        pids_limit=limits.pids_limit,
+        cap_drop=["ALL"],
+        cap_add=list(limits.cap_add),
+        security_opt=["no-new-privileges:true"] if limits.no_new_privileges else [],
+        privileged=request.privileged,
+        network_mode=request.network_mode,
+        pid_mode=request.pid_mode,
+        ipc_mode=request.ipc_mode,
+        pull_policy=settings.docker.pull_policy,
+    )
+
+
+def memory_limit(value: int | str | None, settings: Settings) -> int:
+    """Return the memory limit in bytes, the configured default when `value` is None."""
+    maximum = parse_size(settings.containers.max_memory)
+    if value is None:
+        return min(parse_size(settings.containers.default_memory), maximum)
+
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise InvalidField("memory", f"memory: {exc}") from None
+
+    if size < ENGINE_MIN_MEMORY:
+        hint = f'; a bare number is bytes, so for {value} megabytes write "{value}m"' if isinstance(value, int) else ""
+        raise InvalidField(
+            "memory",
+            f"memory {value!r} is {size} bytes, below the engine minimum of 6 MiB ({ENGINE_MIN_MEMORY} bytes){hint}",
+        )
+    if size > maximum:
+        raise InvalidField(
+            "memory", f"memory {value!r} is above the maximum of {format_size(maximum)}; ask for less"
+        )
+    return size
+
+
+def cpu_limit(value: float | None, settings: Settings, engine_cpus: int | None) -> int:
+    """Return the CPU limit in nano-CPUs, the configured default when `value` is None."""
+    maximum = settings.containers.max_cpus
+    if engine_cpus:
+        maximum = min(maximum, float(engine_cpus))
+    if value is None:
+        return int(min(settings.containers.default_cpus, maximum) * NANO_CPUS)
+    if not value > 0:
+        raise InvalidField("cpus", f"cpus {value} must be above 0, for example 0.5 or 2")
+    if value < 0.01:
+        raise InvalidField("cpus", f"cpus {value} is below the engine minimum of 0.01")
+    if value > maximum:
+        raise InvalidField("cpus", f"cpus {value} is above the maximum of {maximum:g} on this host; ask for less")
+    return int(round(value * NANO_CPUS))
+
+
+def _check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise InvalidField(
+            "name",
+            f"name {name!r} is invalid; use 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+
+
+def _check_image(image: str) -> None:
+    if not image or not IMAGE_PATTERN.match(image):
+        raise InvalidField(
+            "image",
+            f"image {image!r} is not a valid image reference; use a form such as 'python:3.12-slim' "
+            "or 'registry.example.com:5000/team/app:1.0'",
+        )
+
+
+def _check_project(project_id: str | None) -> None:
+    if project_id is not None and not PROJECT_ID_PATTERN.match(project_id):
+        raise InvalidField(
+            "projectId",
+            f"projectId {project_id!r} is invalid; use 1 to 128 letters, digits, '_', '.', ':' or '-'",
+        )
+
+
+def _check_env(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        if not ENV_NAME_PATTERN.match(key):
+            raise InvalidField(f"env.{key}", f"environment variable name {key!r} must be non-empty without '='")
+        if "\0" in value:
+            raise InvalidField(f"env.{key}", f"environment variable {key!r} contains a NUL byte")
+
+
+def _check_labels(labels: dict[str, str]) -> None:
+    for key in labels:
+        if not key or key.lower().startswith(RESERVED_LABEL_PREFIX):
+            raise InvalidField(
+                f"labels.{key}",
+                f"label {key!r} is not allowed; labels starting with '{RESERVED_LABEL_PREFIX}' are set by CoreBase",
+            )
+
+
+def _port_bindings(ports: dict[str, int | None], host_ip: str) -> list[PortBinding]:
+    bindings = []
+    for key, host_port in ports.items():
+        match = PORT_KEY_PATTERN.match(key)
+        container_port = int(match.group(1)) if match else 0
+        if not match or not 1 <= container_port <= 65535:
+            raise InvalidField(
+                f"ports.{key}", f"container port {key!r} is invalid; use a number 1-65535, optionally with /tcp or /udp"
+            )
+        if host_port is not None and not 0 <= host_port <= 65535:
+            raise InvalidField(
+                f"ports.{key}", f"host port {host_port} is invalid; use 1-65535, or 0 or null to let the engine choose"
+            )
+        bindings.append(
+            PortBinding(
+                container_port=container_port,
+                protocol=match.group(2) or "tcp",
+                host_ip=host_ip,
+                host_port=host_port or None,
+            )
+        )
+    return bindings
+
+
+def _mounts(request: StartRequest) -> list[MountSpec]:
+    mounts = []
+    for index, mount in enumerate(request.mounts):
+        if not mount.target.startswith("/"):
+            raise InvalidField(f"mounts[{index}].target", f"mount target {mount.target!r} must be an absolute path")
+        if mount.type in ("volume", "bind") and not mount.source:
+            raise InvalidField(f"mounts[{index}].source", f"a {mount.type} mount needs a source")
+        mounts.append(MountSpec(type=mount.type, target=mount.target, source=mount.source, read_only=mount.read_only))
+    return mounts
+
+
+def _volume_mounts(volumes: list[str]) -> list[MountSpec]:
+    """Read Docker CLI style "source:target[:options]"; a source that looks like a path is a bind mount."""
+    mounts = []
+    for index, entry in enumerate(volumes):
+        parts = entry.split(":")
+        if len(parts) == 1:
+            source, target, options = None, parts[0], ""
+        elif len(parts) in (2, 3):
+            source, target = parts[0], parts[1]
+            options = parts[2] if len(parts) == 3 else ""
+        else:
+            raise InvalidField(f"volumes[{index}]", f"volume {entry!r} is invalid; use 'source:/target' or 'source:/target:ro'")
+        if not target.startswith("/"):
+            raise InvalidField(f"volumes[{index}]", f"volume target {target!r} must be an absolute path")
+        is_path = source is not None and (source.startswith(("/", ".", "~")) or "/" in source)
+        mounts.append(
+            MountSpec(
+                type="bind" if is_path else "volume",
+                source=source,
+                target=target,
+                read_only="ro" in options.split(","),
+            )
+        )
+    return mounts

@@ -1,0 +1,35 @@
+"""The containers table: what CoreBase intends to exist, beside the engine's own id."""
+
+from piccolo.columns import JSON, BigInt, Boolean, Integer, Text, Timestamptz, Varchar
+from piccolo.table import Table
+
+# Statuses a row can have: the engine's own, plus "creating" (row written, engine not done yet),
+# "failed" (a start that did not complete; the reason is in `error`) and "removed".
+ACTIVE_STATUSES = ("creating", "created", "running", "paused", "restarting", "exited", "dead")
+
+
+class Container(Table, tablename="containers"):
+    id = Varchar(length=32, primary_key=True)
+    docker_id = Varchar(length=64, null=True, default=None, index=True)
+    name = Varchar(length=128, index=True)
+    image = Varchar(length=512)
+    template = Varchar(length=128, null=True, default=None)
+    template_version = Integer(null=True, default=None)
+    project_id = Varchar(length=128, null=True, default=None, index=True)
+    owner = Varchar(length=200, index=True)
+    status = Varchar(length=20, index=True)
+    exit_code = Integer(null=True, default=None)
+    oom_killed = Boolean(default=False)
+    error = Text(null=True, default=None)
+    command = JSON(null=True, default=None)
+    labels = JSON(default="{}")
+    ports = JSON(default="[]")
+    tty = Boolean(default=False)
+    memory = BigInt(null=True, default=None)
+    nano_cpus = BigInt(null=True, default=None)
+    pids_limit = Integer(null=True, default=None)
+    created_at = Timestamptz()
+    updated_at = Timestamptz()
+    started_at = Timestamptz(null=True, default=None)
+    finished_at = Timestamptz(null=True, default=None)
+    removed_at = Timestamptz(null=True, default=None)

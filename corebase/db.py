@@ -1,0 +1,110 @@
+"""Connecting Piccolo to SQLite or PostgreSQL and applying migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from urllib.parse import urlsplit
+
+from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
+from piccolo.apps.migrations.tables import Migration
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine
+
+from corebase import piccolo_conf
+from corebase.errors import ConfigError
+from corebase.piccolo_app import TABLES
+from corebase.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+os.environ.setdefault("PICCOLO_CONF", "corebase.piccolo_conf")
+
+SQLITE_FILE = "corebase.sqlite"
+
+
+def create_engine(settings: Settings) -> Engine:
+    """Build the engine for `database.url`: PostgreSQL for postgres URLs, SQLite otherwise."""
+    url = settings.database.url
+    if not url:
+        data_dir = settings.data_path
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return SQLiteEngine(path=str(data_dir / SQLITE_FILE))
+
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgres", "postgresql"):
+        return PostgresEngine(config={"dsn": url}, log_queries=False)
+    if scheme == "sqlite":
+        return SQLiteEngine(path=url.split("://", 1)[1])
+    raise ConfigError(
+        f"invalid setting database.url (variable COREBASE_DATABASE_URL): unsupported scheme {scheme!r}; "
+        "use postgresql://user:password@host:5432/dbname, sqlite:///path/to/file, or leave it empty"
+    )
+
+
+async def connect(settings: Settings) -> Engine:
+    """Create the engine, open its pool and point every CoreBase table (and Piccolo's) at it."""
+    engine = create_engine(settings)
+    if isinstance(engine, PostgresEngine):
+        await engine.start_connection_pool(min_size=1, max_size=10)
+    else:
+        # WAL lets readers proceed while a writer commits; the mode is stored in the file itself.
+        await engine.run_ddl("PRAGMA journal_mode=WAL")
+
+    piccolo_conf.DB = engine
+    for table in (*TABLES, Migration):
+        table._meta.db = engine
+    logger.info("database connected: %s", describe(settings))
+    return engine
+
+
+async def disconnect(engine: Engine) -> None:
+    if isinstance(engine, PostgresEngine):
+        await engine.close_connection_pool()
+
+
+async def migrate() -> list[str]:
+    """Apply pending migrations to the connected database; return the ids applied."""
+    manager = ForwardsMigrationManager(app_name="corebase")
+    await manager.create_migration_table()
+    before = set(await Migration.get_migrations_which_ran(app_name="corebase"))
+
+    # Piccolo prints progress to stdout; CoreBase reports through its logger instead.
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        result = await manager.run()
+    if not result.success:
+        raise RuntimeError(f"database migration failed: {result.message}\n{output.getvalue()}")
+
+    applied = sorted(set(await Migration.get_migrations_which_ran(app_name="corebase")) - before)
+    for migration_id in applied:
+        logger.info("applied migration %s", migration_id)
+    return applied
+
+
+async def pending_migrations() -> list[str]:
+    """Return the ids of migrations not yet applied to the connected database."""
+    manager = ForwardsMigrationManager(app_name="corebase")
+    await manager.create_migration_table()
+    app_config = manager.get_app_config("corebase")
+    known = manager.get_migration_ids(manager.get_migration_modules(app_config.resolved_migrations_folder_path))
+    ran = set(await Migration.get_migrations_which_ran(app_name="corebase"))
+    return [migration_id for migration_id in known if migration_id not in ran]
+
+
+async def ping(engine: Engine) -> None:
+    """Run a trivial query; raises the driver's error when the database cannot be reached."""
+    await engine.run_ddl("SELECT 1")
+
+
+def describe(settings: Settings) -> str:
+    """Name the database without its password, for logs."""
+    url = settings.database.url
+    if not url:
+        return f"sqlite {settings.data_path / SQLITE_FILE}"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -1,0 +1,1 @@
+"""Container metrics: stored samples and the CPU arithmetic over them."""

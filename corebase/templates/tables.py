@@ -1,0 +1,17 @@
+"""Stored templates. Each update adds a row with the next version; earlier versions stay."""
+
+from piccolo.columns import JSON, Boolean, Integer, Text, Timestamptz, Varchar
+from piccolo.table import Table
+
+
+class ContainerTemplate(Table, tablename="container_templates"):
+    name = Varchar(length=128, index=True)
+    version = Integer(default=1)
+    category = Varchar(length=32)
+    description = Text(default="")
+    image = Varchar(length=512)
+    # The template's defaults (command, env, ports, resources) as the template API accepts them.
+    spec = JSON(default="{}")
+    owner = Varchar(length=200, null=True, default=None)
+    builtin = Boolean(default=False)
+    created_at = Timestamptz()
