@@ -24,7 +24,6 @@ ENV_PREFIX = "COREBASE_"
 # Shorter variable names that deployers expect, mapped to the setting they set.
 ENV_ALIASES = {
     "COREBASE_DATABASE_URL": ("database", "url"),
-    "COREBASE_REDIS_URL": ("redis", "url"),
     "COREBASE_ADMIN_API_KEY": ("auth", "admin_api_key"),
     "COREBASE_DATA_DIR": ("server", "data_dir"),
 }
@@ -60,11 +59,6 @@ class DatabaseSettings(Section):
     """Empty for the SQLite file in the data directory, or postgresql://user:pass@host:port/db."""
     auto_migrate: bool = True
     """Apply pending migrations when `corebase serve` starts."""
-
-
-class RedisSettings(Section):
-    url: str = ""
-    """redis://host:port/db to share events and leadership between API processes; empty keeps them in-process."""
 
 
 class DockerSettings(Section):
@@ -116,7 +110,7 @@ class StatsSettings(Section):
 class AuthSettings(Section):
     admin_api_key: str = ""
     """Seed an admin API key with this value at start-up; empty generates one on first start."""
-    admin_key_file: str = "admin-api-key"
+    admin_key_file: Annotated[str, msgspec.Meta(pattern=r"^[^/\\]+$")] = "admin-api-key"
     """File name, inside the data directory, that a generated admin key is written to (mode 0600)."""
 
 
@@ -132,7 +126,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
-    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     docker: DockerSettings = msgspec.field(default_factory=DockerSettings)
     containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
     exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
@@ -233,12 +226,27 @@ def _describe_validation_error(exc: msgspec.ValidationError) -> str:
     message = str(exc)
     match = re.search(r" - at `\$\.([\w.\[\]]+)`$", message)
     if not match:
+        unknown = re.match(r"Object contains unknown field `(\w+)`", message)
+        if unknown:
+            return f"unknown settings section [{unknown.group(1)}]; check its spelling against config/corebase.toml"
         return f"invalid settings: {message}"
     setting = match.group(1)
     problem = message[: match.start()]
+    unknown = re.match(r"Object contains unknown field `(\w+)`", problem)
+    if unknown:
+        return f"unknown setting {setting}.{unknown.group(1)}; check its spelling against config/corebase.toml"
     section, _, field = setting.partition(".")
     variable = f"{ENV_PREFIX}{section.upper()}_{field.upper()}" if field else f"{ENV_PREFIX}{section.upper()}"
-    return f"invalid setting {setting} (variable {variable}): {problem}"
+    return f"invalid setting {setting} (variable {variable}): {problem}{_allowed_values(section, field)}"
+
+
+def _allowed_values(section: str, field: str) -> str:
+    """For a setting with a fixed set of values, list them."""
+    section_type = _section_types().get(section)
+    info = _fields(section_type).get(field) if section_type else None
+    if info is None or not isinstance(info.type, msgspec.inspect.LiteralType):
+        return ""
+    return "; allowed: " + ", ".join(str(value) for value in info.type.values)
 
 
 def _check_sizes(settings: Settings) -> None:

@@ -20,9 +20,10 @@ ENGINE_MIN_MEMORY = 6 * 1024 * 1024
 NANO_CPUS = 1_000_000_000
 # The engine's own rule for container names.
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-# An image reference: optional registry host[:port]/, path components, then :tag and/or @digest.
+# An image reference: an optional registry (a host with a dot or a port, or localhost), lower-case
+# path components, then :tag and/or @digest, as the engine reads references.
 IMAGE_PATTERN = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"^(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 ENV_NAME_PATTERN = re.compile(r"^[^=\0]+$")
