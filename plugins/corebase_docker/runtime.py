@@ -1,0 +1,292 @@
+"""DockerRuntime: the ContainerRuntime protocol over the Docker Engine API, through aiodocker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
+
+import aiodocker
+import aiohttp
+
+from corebase.errors import ContainerNotRunning, ContainerRunning, ImageNotFound, NameInUse
+from corebase.runtime.types import (
+    ContainerSpec,
+    ContainerState,
+    ExecResult,
+    LogChunk,
+    LogOptions,
+    RuntimeInfo,
+    StatsSample,
+)
+from corebase.settings import ContainerSettings, DockerSettings
+from corebase_docker.client import open_client, raw_response, resolve_url
+from corebase_docker.errors import translate_errors, unavailable
+from corebase_docker.execs import run_exec
+from corebase_docker.images import pull_image
+from corebase_docker.logs import read_logs
+from corebase_docker.specs import create_body
+from corebase_docker.state import state_from_inspect, state_from_list_entry
+from corebase_docker.stats import is_running_sample, parse_stats
+
+logger = logging.getLogger(__name__)
+
+
+class DockerRuntime:
+    """A ContainerRuntime backed by one Docker Engine.
+
+    Every engine call times out after `timeout` seconds, except pulls (`pull_timeout`), stops and
+    restarts (their grace period plus `timeout`), exec output (the exec's own timeout) and
+    followed logs (no limit). The aiodocker client is created on first use, inside the event loop.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        timeout: float = 30.0,
+        pull_timeout: float = 600.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.timeout = timeout
+        self.pull_timeout = pull_timeout
+        self.stop_timeout = stop_timeout
+        self._docker: aiodocker.Docker | None = None
+
+    @classmethod
+    def from_settings(cls, docker: DockerSettings, containers: ContainerSettings) -> DockerRuntime:
+        """Build a runtime from the `docker` and `containers` settings sections."""
+        return cls(
+            docker.url,
+            timeout=docker.timeout,
+            pull_timeout=docker.pull_timeout,
+            stop_timeout=containers.stop_timeout,
+        )
+
+    # --- engine -------------------------------------------------------------------------------
+
+    async def info(self) -> RuntimeInfo:
+        docker = self._client()
+        with self._errors("read engine info"):
+            info = await docker.system.info()
+            version = await docker.version()
+        return RuntimeInfo(
+            backend=self.name,
+            version=str(info.get("ServerVersion") or version.get("Version") or ""),
+            api_version=str(version.get("ApiVersion") or ""),
+            os=str(info.get("OperatingSystem") or version.get("Os") or ""),
+            cgroup_version=str(info.get("CgroupVersion") or ""),
+            cpus=int(info.get("NCPU") or 0),
+            memory_bytes=int(info.get("MemTotal") or 0),
+            runtimes=sorted(info.get("Runtimes") or {}),
+        )
+
+    async def pull(self, image: str) -> None:
+        docker = self._client()
+        with self._errors(f"pull image {image!r}"):
+            await pull_image(docker, image, timeout=self.pull_timeout)
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            docker, self._docker = self._docker, None
+            await docker.close()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> str:
+        body = create_body(spec, stop_timeout=self.stop_timeout)
+        if spec.pull_policy == "always":
+            await self.pull(spec.image)
+
+        try:
+            return await self._create_container(spec, body)
+        except ImageNotFound:
+            if spec.pull_policy != "missing":
+                raise
+        logger.info("image %s is missing for container %s; pulling it", spec.image, spec.name)
+        await self.pull(spec.image)
+        return await self._create_container(spec, body)
+
+    async def start(self, engine_id: str) -> None:
+        docker = self._client()
+        with self._errors("start container", engine_id):
+            await docker.containers.container(engine_id).start()
+
+    async def stop(self, engine_id: str, timeout: float | None = None) -> None:
+        await self._stop_or_restart("stop", engine_id, timeout)
+
+    async def restart(self, engine_id: str, timeout: float | None = None) -> None:
+        await self._stop_or_restart("restart", engine_id, timeout)
+
+    async def remove(self, engine_id: str, force: bool = False) -> None:
+        docker = self._client()
+        with self._errors("remove container", engine_id):
+            try:
+                await docker.containers.container(engine_id).delete(force=force, v=True)
+            except aiodocker.DockerError as exc:
+                if exc.status == 409 and "running container" in exc.message:
+                    raise ContainerRunning(engine_id) from exc
+                raise
+
+    # --- state --------------------------------------------------------------------------------
+
+    async def inspect(self, engine_id: str) -> ContainerState:
+        docker = self._client()
+        with self._errors("inspect container", engine_id):
+            container = await docker._query_json(f"containers/{engine_id}/json")
+        return state_from_inspect(container)
+
+    async def list(self, labels: dict[str, str]) -> list[ContainerState]:
+        docker = self._client()
+        filters = {"label": [f"{key}={value}" for key, value in sorted(labels.items())]}
+        with self._errors("list containers"):
+            entries = await docker._query_json("containers/json", params={"all": True, "filters": json.dumps(filters)})
+        return [state_from_list_entry(entry) for entry in entries]
+
+    async def stats(self, engine_id: str) -> StatsSample:
+        docker = self._client()
+        with self._errors("read stats of container", engine_id):
+            # one-shot (API 1.41 and later) skips the engine's second reading, so this returns at once.
+            raw = await docker._query_json(
+                f"containers/{engine_id}/stats", params={"stream": False, "one-shot": True}
+            )
+        if not is_running_sample(raw):
+            raise ContainerNotRunning(engine_id)
+        return parse_stats(raw)
+
+    # --- processes and output -----------------------------------------------------------------
+
+    async def exec(
+        self,
+        engine_id: str,
+        command: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        max_output: int | None = None,
+    ) -> ExecResult:
+        docker = self._client()
+        with self._errors("exec in container", engine_id):
+            return await run_exec(
+                docker,
+                engine_id,
+                command,
+                env=env,
+                workdir=workdir,
+                user=user,
+                timeout=timeout,
+                max_output=max_output,
+            )
+
+    async def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
+        docker = self._client()
+        with self._errors("read logs of container", engine_id):
+            async for chunk in read_logs(docker, engine_id, options, timeout=self.timeout):
+                yield chunk
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            try:
+                self._docker = open_client(self.url, self.timeout)
+            except ValueError as exc:
+                raise unavailable(self.url, exc) from exc
+        return self._docker
+
+    def _errors(
+        self, operation: str, engine_id: str | None = None, timeout: float | None = None
+    ) -> AbstractContextManager[None]:
+        return translate_errors(
+            operation,
+            endpoint=self.url,
+            timeout=self.timeout if timeout is None else timeout,
+            engine_id=engine_id,
+        )
+
+    async def _create_container(self, spec: ContainerSpec, body: dict) -> str:
+        """Send the create request; raise ImageNotFound, NameInUse or a translated engine error.
+
+        When the response is lost (timeout, broken connection, cancellation) the engine may have
+        created the container anyway, so it is looked up by name and removed.
+        """
+        docker = self._client()
+        with self._errors(f"create container {spec.name!r}"):
+            try:
+                created = await docker._query_json(
+                    "containers/create", "POST", params={"name": spec.name}, data=body
+                )
+            except aiodocker.DockerError as exc:
+                if exc.status == 404 and "no such image" in exc.message.lower():
+                    raise ImageNotFound(spec.image, _missing_image_detail(spec, exc.message)) from exc
+                if exc.status == 409:
+                    raise NameInUse(spec.name) from exc
+                raise
+            except (asyncio.TimeoutError, aiohttp.ClientConnectionError, asyncio.CancelledError):
+                await self._remove_lost_container(spec)
+                raise
+
+        for warning in created.get("Warnings") or []:
+            logger.warning("engine warning creating container %s: %s", spec.name, warning)
+        logger.info("created container %s (%s) from %s", spec.name, created["Id"][:12], spec.image)
+        return str(created["Id"])
+
+    async def _remove_lost_container(self, spec: ContainerSpec) -> None:
+        """Remove the container named `spec.name` if it carries exactly `spec.labels`.
+
+        The label check keeps an older container that already had the name from being removed.
+        """
+        docker = self._client()
+        try:
+            container = await docker._query_json(f"containers/{spec.name}/json")
+            if (container.get("Config") or {}).get("Labels") != spec.labels:
+                return
+            await docker.containers.container(container["Id"]).delete(force=True, v=True)
+            logger.warning("removed container %s, created while its create request failed", spec.name)
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                logger.error("cannot remove container %s after its create request failed: %s", spec.name, exc)
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            logger.error("cannot remove container %s after its create request failed: %r", spec.name, exc)
+
+    async def _stop_or_restart(self, action: str, engine_id: str, timeout: float | None) -> None:
+        """Stop or restart within the grace period, with the HTTP deadline extended by that period.
+
+        Without `timeout` the engine uses the container's StopTimeout, which containers created
+        here set to `stop_timeout`.
+        """
+        params = {} if timeout is None else {"t": math.ceil(timeout)}
+        grace = self.stop_timeout if timeout is None else timeout
+        deadline = grace + self.timeout
+
+        docker = self._client()
+        with self._errors(f"{action} container", engine_id, timeout=deadline):
+            async with raw_response(
+                docker,
+                f"containers/{engine_id}/{action}",
+                "POST",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=deadline),
+            ) as response:
+                status = response.status
+
+        # 304 Not Modified: the container was already stopped.
+        if status == 304:
+            raise ContainerNotRunning(engine_id)
+
+
+def _missing_image_detail(spec: ContainerSpec, message: str) -> str:
+    if spec.pull_policy == "never":
+        return (
+            f"image {spec.image!r} is not on the engine ({message}) and the pull policy is \"never\"; "
+            "build or pull it first, or use pull policy \"missing\""
+        )
+    return f"image {spec.image!r} is not on the engine: {message}"

@@ -1,0 +1,91 @@
+"""Translation of a ContainerSpec into the body of `POST /containers/create`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from corebase.runtime.types import ContainerSpec, MountSpec, PortBinding
+
+# Each container's json-file log is capped at three files of 10 MiB, so a chatty container
+# cannot fill the engine's disk.
+LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+
+
+def port_key(port: PortBinding) -> str:
+    """Return the engine's key for a container port, such as "8080/tcp"."""
+    return f"{port.container_port}/{port.protocol}"
+
+
+def mount_body(mount: MountSpec) -> dict[str, Any]:
+    """Return one HostConfig.Mounts entry. A volume without a source is anonymous."""
+    body: dict[str, Any] = {"Type": mount.type, "Target": mount.target, "ReadOnly": mount.read_only}
+    if mount.source is not None and mount.type != "tmpfs":
+        body["Source"] = mount.source
+    return body
+
+
+def host_config(spec: ContainerSpec) -> dict[str, Any]:
+    """Return HostConfig: limits, capabilities, namespaces, published ports, mounts and logging."""
+    config: dict[str, Any] = {
+        "CapDrop": list(spec.cap_drop),
+        "CapAdd": list(spec.cap_add),
+        "SecurityOpt": list(spec.security_opt),
+        "Privileged": spec.privileged,
+        "LogConfig": LOG_CONFIG,
+    }
+
+    if spec.memory is not None:
+        # A swap limit equal to the memory limit gives the container no swap at all.
+        config["Memory"] = spec.memory
+        config["MemorySwap"] = spec.memory
+    if spec.nano_cpus is not None:
+        config["NanoCpus"] = spec.nano_cpus
+    if spec.pids_limit is not None:
+        config["PidsLimit"] = spec.pids_limit
+    if spec.network_mode is not None:
+        config["NetworkMode"] = spec.network_mode
+    if spec.pid_mode is not None:
+        config["PidMode"] = spec.pid_mode
+    if spec.ipc_mode is not None:
+        config["IpcMode"] = spec.ipc_mode
+
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for port in spec.ports:
+        # An empty HostPort lets the engine pick a free port at start.
+        host_port = str(port.host_port) if port.host_port is not None else ""
+        bindings.setdefault(port_key(port), []).append({"HostIp": port.host_ip, "HostPort": host_port})
+    if bindings:
+        config["PortBindings"] = bindings
+
+    if spec.mounts:
+        config["Mounts"] = [mount_body(mount) for mount in spec.mounts]
+    return config
+
+
+def create_body(spec: ContainerSpec, *, stop_timeout: float) -> dict[str, Any]:
+    """Return the create body for `spec`.
+
+    `stop_timeout` becomes the container's StopTimeout, the grace period the engine uses when a
+    stop request names none; the engine takes whole seconds, so it is rounded up.
+    """
+    body: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": [f"{key}={value}" for key, value in spec.env.items()],
+        "Labels": dict(spec.labels),
+        "Tty": spec.tty,
+        "StopTimeout": math.ceil(stop_timeout),
+        "HostConfig": host_config(spec),
+    }
+
+    if spec.command is not None:
+        body["Cmd"] = list(spec.command)
+    if spec.entrypoint is not None:
+        body["Entrypoint"] = list(spec.entrypoint)
+    if spec.workdir is not None:
+        body["WorkingDir"] = spec.workdir
+    if spec.user is not None:
+        body["User"] = spec.user
+    if spec.ports:
+        body["ExposedPorts"] = {port_key(port): {} for port in spec.ports}
+    return body
