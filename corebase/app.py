@@ -65,6 +65,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             security=[{"apiKey": []}],
         ),
         request_max_body_size=parse_size(settings.server.max_request_body),
+        logging_config=None,
         debug=False,
     )
 

@@ -5,6 +5,7 @@
     ├── PluginError                  a plugin failed validation; stops start-up
     └── ApiError                     reaches a client as RFC 9457 problem details
         ├── InvalidField             400/422, names the field and the fix
+        │   └── ContainerStartRejected   the engine could not run the spec (bad command, user, ...)
         ├── Unauthorized             401
         ├── Forbidden                403
         │   └── PolicyDenied         403, with every policy's reasons
@@ -80,6 +81,20 @@ class InvalidField(ApiError):
         super().__init__(detail, field=field, **extra)
         self.field = field
         self.status = status
+
+
+class ContainerStartRejected(InvalidField):
+    """The engine created the container but could not start its process, because of the request.
+
+    Typical causes are a command or entrypoint missing from the image, a missing working
+    directory, or an unknown user. `field` names the request field most likely at fault.
+    """
+
+    slug = "container-start-rejected"
+    title = "Container could not be started"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, f"the engine could not start the container: {reason}; check '{field}'")
 
 
 class Unauthorized(ApiError):

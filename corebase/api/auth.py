@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
@@ -27,6 +30,6 @@ class BearerKeyMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=caller, auth=None)
 
 
-def provide_caller(request) -> Caller:
+def provide_caller(request: Request[Caller, Any, Any]) -> Caller:
     """The one dependency every handler takes its caller from."""
     return request.user

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from litestar import MediaType, Request, Response
@@ -28,13 +29,12 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            errors.append({"field": _field_name(item.get("key")), "message": item.get("message", "")})
-    if errors:
-        first = errors[0]
-        where = f"field {first['field']!r}" if first["field"] else "the request body"
-        detail = f"invalid value in {where}: {first['message']}"
-    else:
-        detail = exc.detail
+            message = item.get("message", "")
+            errors.append({"field": _field_name(item.get("key"), message), "message": message})
+    missing = re.match(r"Missing required (?:query|path|header) parameter '([^']+)'", exc.detail or "")
+    if missing and not errors:
+        errors.append({"field": missing.group(1), "message": "missing required parameter"})
+    detail = _describe(errors[0]) if errors else exc.detail
     body = {
         "type": PROBLEM_TYPE_BASE + "invalid-request",
         "title": "Invalid request",
@@ -48,11 +48,28 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
     return _problem(body, 400)
 
 
-def _field_name(key: Any) -> str | None:
-    """Litestar reports body fields as '$.a.b' or 'a.b', and query parameters by name."""
-    if not key:
-        return None
-    return str(key).removeprefix("$.").removeprefix("$")
+def _describe(error: dict[str, Any]) -> str:
+    field, message = error["field"], error["message"]
+    if message.startswith("Object contains unknown field"):
+        return f"unknown field {field!r}; remove it or check its spelling against the API schema at /schema"
+    if message == "missing required parameter":
+        return f"the required parameter {field!r} is missing"
+    if field is None:
+        return f"invalid request body: {message}"
+    return f"invalid value for {field!r}: {message}"
+
+
+def _field_name(key: Any, message: str) -> str | None:
+    """Return the field's JSON path, such as `mounts[0].target`.
+
+    Litestar reports a body field by its path, a query parameter by its name, and the body itself
+    as "data"; an unknown field is named only inside msgspec's message.
+    """
+    path = "" if key in (None, "data", "body") else str(key).removeprefix("$.").removeprefix("$")
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+    if unknown:
+        return f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    return path or None
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:

@@ -180,7 +180,7 @@ class ContainerService:
 
         total = await Container.count().where(condition)
         rows = await (
-            Container.objects().where(condition).order_by(Container.created_at, ascending=False).limit(limit).offset(offset)
+            _select().where(condition).order_by(Container.created_at, ascending=False).limit(limit).offset(offset)
         )
         await self._refresh_many(rows)
         if status is not None:
@@ -333,10 +333,10 @@ class ContainerService:
     async def _find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:
         """Find a container the caller may see by CoreBase id, or by the name of an active one."""
         visible = _visible_to(caller)
-        row = await Container.objects().where(visible & (Container.id == reference)).first()
+        row = await _select().where(visible & (Container.id == reference)).first()
         if row is None:
             row = (
-                await Container.objects()
+                await _select()
                 .where(visible & (Container.name == reference) & Container.status.is_in(list(ACTIVE_STATUSES)))
                 .first()
             )
@@ -372,6 +372,11 @@ class _EngineErrors:
         if isinstance(exc, ContainerRunning):
             raise ContainerRunning(self.row.id) from None
         return False
+
+
+def _select():
+    """Select whole rows with JSON columns decoded into lists and dicts."""
+    return Container.objects().output(load_json=True)
 
 
 def _visible_to(caller: Caller):
