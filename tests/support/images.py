@@ -1,0 +1,83 @@
+"""Local test images, built through the engine API because no registry can be reached.
+
+The image is `FROM scratch` with a static busybox and its applet links, so it runs `sh`, `sleep`,
+`head` and the other tools tests need, and takes a second to build.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from pathlib import Path
+
+import aiodocker
+
+logger = logging.getLogger(__name__)
+
+TEST_LABEL = "corebase.test"
+TEST_IMAGE = "corebase-test/busybox:1"
+BUSYBOX_BINARY = Path("/bin/busybox")
+
+_DOCKERFILE = b"""\
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+CMD ["/bin/sh"]
+"""
+
+
+def build_context(busybox: Path = BUSYBOX_BINARY) -> bytes:
+    """Return an uncompressed tar build context holding the Dockerfile and the busybox binary."""
+    if not busybox.is_file():
+        raise FileNotFoundError(
+            f"{busybox} is missing; install a static busybox (apt-get install busybox-static)"
+        )
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        dockerfile = tarfile.TarInfo("Dockerfile")
+        dockerfile.size = len(_DOCKERFILE)
+        archive.addfile(dockerfile, io.BytesIO(_DOCKERFILE))
+
+        binary = archive.gettarinfo(str(busybox), arcname="busybox")
+        binary.uid = binary.gid = 0
+        binary.uname = binary.gname = "root"
+        binary.mode = 0o755
+        with busybox.open("rb") as handle:
+            archive.addfile(binary, handle)
+    return buffer.getvalue()
+
+
+async def ensure_test_image(docker: aiodocker.Docker | None = None, tag: str = TEST_IMAGE) -> str:
+    """Build the busybox test image under `tag` unless the engine already has it; return the tag.
+
+    Without `docker` a client is opened for the call and closed afterwards. Raises
+    aiodocker.DockerError when the build fails, with the engine's message.
+    """
+    client = docker or aiodocker.Docker()
+    try:
+        try:
+            await client.images.inspect(tag)
+            return tag
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise
+
+        logger.info("building test image %s from %s", tag, BUSYBOX_BINARY)
+        messages = await client.images.build(
+            fileobj=io.BytesIO(build_context()),
+            encoding="identity",
+            tag=tag,
+            labels={TEST_LABEL: "true"},
+            rm=True,
+            forcerm=True,
+        )
+        # Checked here too, in case the installed aiodocker returns stream errors instead of raising them.
+        for message in messages:
+            if "error" in message or "errorDetail" in message:
+                raise aiodocker.DockerError(500, f"building {tag} failed: {message}")
+        return tag
+    finally:
+        if docker is None:
+            await client.close()
