@@ -1,0 +1,71 @@
+"""Shared fixtures for tests that need PostgreSQL, Redis, the image registry or the Docker Engine.
+
+Each fixture skips its test when the service is missing, or fails it under CI=true
+(support.services.require_service). scripts/test.sh starts private instances and exports their
+addresses. A test marked `engine`, `postgres`, `redis` or `registry` gets the same check without
+naming the fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiodocker
+import pytest
+
+from support.images import ensure_test_image
+from support.services import require_engine, service_address
+
+_FIXTURE_FOR_MARKER = {
+    "engine": "docker_available",
+    "postgres": "postgres_url",
+    "redis": "redis_url",
+    "registry": "registry",
+}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of the test PostgreSQL database, from COREBASE_TEST_POSTGRES_URL."""
+    return service_address("PostgreSQL", "COREBASE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the test Redis database, from COREBASE_TEST_REDIS_URL."""
+    return service_address("Redis", "COREBASE_TEST_REDIS_URL")
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """host:port of the test image registry, from COREBASE_TEST_REGISTRY."""
+    return service_address("The image registry", "COREBASE_TEST_REGISTRY")
+
+
+@pytest.fixture(scope="session")
+async def docker_available() -> None:
+    """Check once per session that the Docker Engine responds."""
+    await require_engine()
+
+
+@pytest.fixture
+async def docker(docker_available: None) -> AsyncIterator[aiodocker.Docker]:
+    """Docker Engine client, closed after the test."""
+    client = aiodocker.Docker()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="session")
+async def test_image(docker_available: None) -> str:
+    """Tag of the local busybox test image, built once if the engine does not have it."""
+    return await ensure_test_image()
+
+
+@pytest.fixture(autouse=True)
+def _require_marked_services(request: pytest.FixtureRequest) -> None:
+    for marker, fixture in _FIXTURE_FOR_MARKER.items():
+        if request.node.get_closest_marker(marker) is not None:
+            request.getfixturevalue(fixture)

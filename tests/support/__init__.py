@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: service checks, test images and the test registry."""
