@@ -1,0 +1,88 @@
+"""Fixtures for API tests: real `corebase serve` processes on SQLite or PostgreSQL, and clean-up.
+
+Every container a test starts through the API carries the label RUN_LABEL with this session's
+run id, and `cleanup_run_containers` removes exactly those from the engine afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiodocker
+import asyncpg
+import pytest
+
+from support.server import RunningServer, run_server
+
+RUN_LABEL = "corebase-test.run"
+RUN_ID = secrets.token_hex(6)
+
+
+def start_body(image: str, **fields) -> dict:
+    """A start request body that marks the container as this test run's."""
+    labels = {RUN_LABEL: RUN_ID, **fields.pop("labels", {})}
+    return {"image": image, "labels": labels, **fields}
+
+
+async def cleanup_run_containers() -> None:
+    docker = aiodocker.Docker()
+    try:
+        for container in await docker.containers.list(all=True, filters={"label": [f"{RUN_LABEL}={RUN_ID}"]}):
+            try:
+                await container.delete(force=True, v=True)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+    finally:
+        await docker.close()
+
+
+async def run_containers_in_engine() -> list[dict]:
+    docker = aiodocker.Docker()
+    try:
+        containers = await docker.containers.list(all=True, filters={"label": [f"{RUN_LABEL}={RUN_ID}"]})
+        return [container._container for container in containers]
+    finally:
+        await docker.close()
+
+
+async def create_postgres_database(admin_url: str) -> str:
+    """Create an empty database for one server and return its URL."""
+    name = "cbtest_" + secrets.token_hex(6)
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    parts = urlsplit(admin_url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def drop_postgres_database(admin_url: str, database_url: str) -> None:
+    name = urlsplit(database_url).path.lstrip("/")
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def server_fixture(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    data_dir: Path = tmp_path_factory.mktemp("corebase-data")
+    with run_server(data_dir, env=env) as server:
+        yield server
+
+
+async def postgres_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, env: dict[str, str] | None = None
+) -> AsyncIterator[RunningServer]:
+    database_url = await create_postgres_database(postgres_url)
+    try:
+        data_dir = tmp_path_factory.mktemp("corebase-pg-data")
+        with run_server(data_dir, env={"COREBASE_DATABASE_URL": database_url, **(env or {})}) as server:
+            yield server
+    finally:
+        await drop_postgres_database(postgres_url, database_url)
