@@ -26,7 +26,9 @@ readonly DATABASE=corebase_test
 readonly DB_USER=corebase
 readonly READY_TIMEOUT=30 # seconds to wait for a started service to accept requests
 
-STATE_DIR=${COREBASE_SERVICES_DIR:-/tmp/corebase-services-$(id -u)}
+# Resolve to an absolute path without symlinks, because Redis reports its directory in that form and
+# pg_ctl runs from another working directory.
+STATE_DIR=$(realpath -m "${COREBASE_SERVICES_DIR:-/tmp/corebase-services-$(id -u)}")
 POSTGRES_PORT=${COREBASE_TEST_POSTGRES_PORT:-54329}
 REDIS_PORT=${COREBASE_TEST_REDIS_PORT:-63799}
 REGISTRY_PORT=${COREBASE_TEST_REGISTRY_PORT:-5055}
@@ -119,14 +121,13 @@ http_status() {
     printf '%s\n' "${2:-}"
 }
 
+# Run COMMAND until it succeeds; fail after READY_TIMEOUT seconds.
 wait_until() {
-    local what=$1 deadline=$((SECONDS + READY_TIMEOUT))
-    shift
+    local deadline=$((SECONDS + READY_TIMEOUT))
     until "$@"; do
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.2
     done
-    log "$what is ready"
 }
 
 # Succeed if PIDFILE names a live process whose command line contains PATTERN. A PID file left by a
@@ -140,23 +141,8 @@ pidfile_alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
 }
 
-stop_pidfile() {
-    local what=$1 pidfile=$2 pattern=$3 pid
-    if ! pidfile_alive "$pidfile" "$pattern"; then
-        log "$what is not running"
-        rm -f "$pidfile"
-        return 0
-    fi
-    pid=$(head -n 1 "$pidfile")
-    kill "$pid"
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-        [ "$SECONDS" -lt "$deadline" ] || die "$what (pid $pid) did not stop within ${READY_TIMEOUT}s"
-        sleep 0.2
-    done
-    rm -f "$pidfile"
-    log "$what stopped"
-}
+port_closed() { ! port_open "$1"; }
+process_gone() { ! kill -0 "$1" 2>/dev/null; }
 
 ensure_port_free() {
     local what=$1 port=$2 variable=$3
@@ -170,6 +156,17 @@ ensure_state_dir() {
     # Another user who created this directory under /tmp first would control what is inside it.
     [ -O "$STATE_DIR" ] || die "$STATE_DIR is owned by another user; set COREBASE_SERVICES_DIR to a directory you own"
     chmod 755 "$STATE_DIR" # the postgres OS user has to reach its data directory inside
+}
+
+# Serialize start and stop, because every clone and session of this OS user shares the instances.
+# The lock is on file descriptor 9. Each daemon start closes it (9>&-), because a daemon that inherited
+# it would hold the lock after this script exits.
+readonly LOCK_TIMEOUT=300 # seconds
+lock_state_dir() {
+    ensure_state_dir
+    exec 9>>"$STATE_DIR/lock"
+    flock -w "$LOCK_TIMEOUT" 9 ||
+        die "timed out after ${LOCK_TIMEOUT}s waiting for $STATE_DIR/lock, held by another services.sh start or stop"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -274,10 +271,11 @@ start_postgres() {
         log "starting PostgreSQL on $HOST:$POSTGRES_PORT"
         # pg_ctl hands -o to a shell, hence the inner quotes around the socket path.
         as_pg_owner "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$READY_TIMEOUT" \
-            -o "-c listen_addresses=$HOST -p $POSTGRES_PORT -k '$PG_SOCKET_DIR'" >/dev/null ||
+            -o "-c listen_addresses=$HOST -p $POSTGRES_PORT -k '$PG_SOCKET_DIR'" >/dev/null 9>&- ||
             die "PostgreSQL did not start; see $PG_LOG"
     fi
-    wait_until PostgreSQL pg_ready || die "PostgreSQL did not accept connections on $HOST:$POSTGRES_PORT within ${READY_TIMEOUT}s; see $PG_LOG"
+    wait_until pg_ready || die "PostgreSQL did not accept connections on $HOST:$POSTGRES_PORT within ${READY_TIMEOUT}s; see $PG_LOG"
+    log "PostgreSQL is ready"
 
     if [ "$(pg_psql -tA -c "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" != 1 ]; then
         pg_psql -c "CREATE DATABASE $DATABASE"
@@ -306,8 +304,9 @@ redis_ready() {
     [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]
 }
 
+# The instance on the port is this script's when its working directory is REDIS_DIR.
 redis_running() {
-    pidfile_alive "$REDIS_DIR/redis.pid" "redis-server $HOST:$REDIS_PORT"
+    [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" --raw config get dir 2>/dev/null | sed -n 2p)" = "$REDIS_DIR" ]
 }
 
 start_redis() {
@@ -324,13 +323,23 @@ start_redis() {
         ensure_port_free Redis "$REDIS_PORT" COREBASE_TEST_REDIS_PORT
         log "starting Redis on $HOST:$REDIS_PORT"
         redis-server --bind "$HOST" --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
-            --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" </dev/null
+            --dir "$REDIS_DIR" --logfile "$REDIS_DIR/redis.log" </dev/null 9>&-
     fi
-    wait_until Redis redis_ready || die "Redis did not reply to PING on $HOST:$REDIS_PORT within ${READY_TIMEOUT}s; see $REDIS_DIR/redis.log"
+    wait_until redis_ready || die "Redis did not reply to PING on $HOST:$REDIS_PORT within ${READY_TIMEOUT}s; see $REDIS_DIR/redis.log"
+    log "Redis is ready"
 }
 
 stop_redis() {
-    stop_pidfile Redis "$REDIS_DIR/redis.pid" "redis-server $HOST:$REDIS_PORT"
+    command -v redis-cli >/dev/null 2>&1 || return 0
+    if ! redis_running; then
+        log "Redis is not running"
+        return 0
+    fi
+    # On success the server closes the connection without a reply, so redis-cli's exit status is not
+    # checked. The wait below confirms the stop.
+    redis-cli -h "$HOST" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    wait_until port_closed "$REDIS_PORT" || die "Redis on $HOST:$REDIS_PORT did not stop within ${READY_TIMEOUT}s"
+    log "Redis stopped"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -380,27 +389,40 @@ start_registry() {
         log "starting the registry on $HOST:$REGISTRY_PORT"
         # setsid detaches it from this shell's session, so it outlives the script like the other daemons.
         setsid docker-registry serve "$REGISTRY_DIR/config.yml" \
-            </dev/null >>"$REGISTRY_DIR/registry.log" 2>&1 &
+            </dev/null >>"$REGISTRY_DIR/registry.log" 2>&1 9>&- &
         echo $! >"$REGISTRY_DIR/registry.pid"
     fi
-    wait_until "the registry" registry_ready ||
+    wait_until registry_ready ||
         die "the registry did not return 200 for GET /v2/ on $HOST:$REGISTRY_PORT within ${READY_TIMEOUT}s; see $REGISTRY_DIR/registry.log"
+    log "the registry is ready"
 }
 
 stop_registry() {
-    stop_pidfile "the registry" "$REGISTRY_DIR/registry.pid" "$REGISTRY_DIR/config.yml"
+    local pidfile=$REGISTRY_DIR/registry.pid pid
+    if ! registry_running; then
+        log "the registry is not running"
+        rm -f "$pidfile"
+        return 0
+    fi
+    pid=$(head -n 1 "$pidfile")
+    kill "$pid"
+    wait_until process_gone "$pid" || die "the registry (pid $pid) did not stop within ${READY_TIMEOUT}s"
+    rm -f "$pidfile"
+    log "the registry stopped"
 }
 
 # ---------------------------------------------------------------------------------------------------
 # Commands
 
 cmd_start() {
+    lock_state_dir
     start_postgres
     start_redis
     start_registry
 }
 
 cmd_stop() {
+    lock_state_dir
     stop_registry
     stop_redis
     stop_postgres
@@ -409,7 +431,7 @@ cmd_stop() {
 cmd_status() {
     local postgres=stopped redis=stopped registry=stopped
     if find_postgres && pg_running; then postgres=running; fi
-    redis_running && redis=running
+    if command -v redis-cli >/dev/null 2>&1 && redis_running; then redis=running; fi
     registry_running && registry=running
     printf 'postgres  %s:%s  %s\n' "$HOST" "$POSTGRES_PORT" "$postgres"
     printf 'redis     %s:%s  %s\n' "$HOST" "$REDIS_PORT" "$redis"
@@ -420,7 +442,7 @@ cmd_env() {
     if find_postgres && pg_running && [ -s "$PG_PASSWORD_FILE" ]; then
         printf 'export COREBASE_TEST_POSTGRES_URL=%s\n' "$(postgres_url)"
     fi
-    if redis_running; then
+    if command -v redis-cli >/dev/null 2>&1 && redis_running; then
         printf 'export COREBASE_TEST_REDIS_URL=redis://%s:%s/0\n' "$HOST" "$REDIS_PORT"
     fi
     if registry_running; then
