@@ -66,6 +66,8 @@ def _field_name(key: Any, message: str) -> str | None:
     as "data"; an unknown field is named only inside msgspec's message.
     """
     path = "" if key in (None, "data", "body") else str(key).removeprefix("$.").removeprefix("$")
+    # msgspec writes a dict value's position as "[...]" without the key.
+    path = path.replace("[...]", "")
     unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
     if unknown:
         return f"{path}.{unknown.group(1)}" if path else unknown.group(1)

@@ -2,9 +2,10 @@
 
 The database row says what CoreBase intends; the engine says what exists. Reads refresh a row
 from the engine so a container that ended on its own reports its exit code. Failed starts leave
-nothing behind: the engine object is removed, and the row is deleted for a client error (the
-request never described a container that could exist) or kept as `failed` with the reason for a
-server-side error, so an operator can see what went wrong.
+nothing behind: the engine object is removed, and the row is deleted when the engine never held
+the container or the request was at fault. Only a container that the engine created and then
+failed to run for a server-side reason keeps its row, as `failed` with the reason, so an operator
+can see what went wrong.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class ContainerService:
             except Exception:
                 logger.exception("could not remove container %s (engine %s) after a failed start", row.id, engine_id)
 
-        if isinstance(exc, ApiError) and exc.status < 500:
+        if engine_id is None or (isinstance(exc, ApiError) and exc.status < 500):
             await Container.delete().where(Container.id == row.id)
             return
         row.status = "failed"

@@ -18,6 +18,7 @@ import aiohttp
 from corebase.errors import (
     ApiError,
     ContainerNotFound,
+    ContainerStartRejected,
     ContainerNotRunning,
     EngineError,
     EngineTimeout,
@@ -98,6 +99,39 @@ def translate_errors(
         error = map_engine_error(exc, operation=operation, endpoint=endpoint, timeout=timeout, engine_id=engine_id)
         logger.debug("%s failed: %r mapped to %s", operation, exc, type(error).__name__)
         raise error from exc
+
+
+# Fragments of the OCI runtime's message when a container's process cannot start, and the
+# request field that causes each, checked in this order (runc 1.1 wording).
+_START_FAILURES = (
+    ("chdir to cwd", "workdir"),
+    ("unable to find user", "user"),
+    ("no matching entries in passwd", "user"),
+    ("executable file not found", "command"),
+    ("no such file or directory", "command"),
+    ("permission denied", "command"),
+)
+
+
+def start_rejection(exc: aiodocker.DockerError) -> ContainerStartRejected | None:
+    """Return the client error for a start the engine refused because of the spec, else None."""
+    message = exc.message or ""
+    from_runtime = "starting container process" in message or "OCI runtime" in message
+    if exc.status not in (400, 500) or not from_runtime:
+        return None
+    lowered = message.lower()
+    for fragment, field in _START_FAILURES:
+        if fragment in lowered:
+            return ContainerStartRejected(field, _short_reason(message))
+    return None
+
+
+def _short_reason(message: str) -> str:
+    """Keep the part of runc's message after its last 'caused:'/'process:' prefix, which names the cause."""
+    for marker in ("unable to start container process: ", "starting container process caused: "):
+        if marker in message:
+            return message.split(marker, 1)[1].removesuffix(": unknown")
+    return message
 
 
 def _socket_path(endpoint: str) -> str:

@@ -24,7 +24,7 @@ from corebase.runtime.types import (
 )
 from corebase.settings import ContainerSettings, DockerSettings
 from corebase_docker.client import open_client, raw_response, resolve_url
-from corebase_docker.errors import translate_errors, unavailable
+from corebase_docker.errors import start_rejection, translate_errors, unavailable
 from corebase_docker.execs import run_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
@@ -116,7 +116,10 @@ class DockerRuntime:
     async def start(self, engine_id: str) -> None:
         docker = self._client()
         with self._errors("start container", engine_id):
-            await docker.containers.container(engine_id).start()
+            try:
+                await docker.containers.container(engine_id).start()
+            except aiodocker.DockerError as exc:
+                raise start_rejection(exc) or exc
 
     async def stop(self, engine_id: str, timeout: float | None = None) -> None:
         await self._stop_or_restart("stop", engine_id, timeout)
