@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from corebase.errors import (
     ContainerNotFound,
     ContainerNotRunning,
     ContainerRunning,
+    EngineTimeout,
     EngineUnavailable,
     ImageNotFound,
     ImagePullFailed,
@@ -157,6 +159,46 @@ async def test_missing_socket_engine_unavailable(tmp_path: Path) -> None:
     assert str(socket) in caught.value.detail
     assert "is the Docker daemon running" in caught.value.detail
     assert "COREBASE_DOCKER_URL" in caught.value.detail
+
+
+async def test_refused_socket_engine_unavailable(tmp_path: Path) -> None:
+    # A socket file that nothing listens on refuses connections.
+    path = tmp_path / "docker.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.close()
+    refused = DockerRuntime(f"unix://{path}", timeout=5)
+    try:
+        with pytest.raises(EngineUnavailable) as caught:
+            await refused.info()
+    finally:
+        await refused.close()
+
+    assert str(path) in caught.value.detail
+
+
+async def test_silent_engine_times_out(tmp_path: Path) -> None:
+    # A server that accepts the connection and never responds stands in for a hung engine.
+    path = tmp_path / "docker.sock"
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_unix_server(accept, path=str(path))
+    silent = DockerRuntime(f"unix://{path}", timeout=0.5)
+    try:
+        with pytest.raises(EngineTimeout) as caught:
+            await silent.info()
+    finally:
+        await silent.close()
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    assert "timed out after 0.5 s" in caught.value.detail
+    assert "docker.timeout" in caught.value.detail
 
 
 # --- create ------------------------------------------------------------------------------------
@@ -511,6 +553,21 @@ async def test_logs_tail(runtime: DockerRuntime, new_spec: SpecFactory, docker: 
 
     assert last == {"stdout": b"three\n", "stderr": b""}
     assert everything == {"stdout": b"one\ntwo\nthree\n", "stderr": b""}
+
+
+@engine
+async def test_logs_since_and_until(runtime: DockerRuntime, new_spec: SpecFactory, docker: aiodocker.Docker) -> None:
+    before_start = time.time() - 60
+    engine_id = await run_container(runtime, new_spec(command=["echo", "line"]))
+    await wait_exited(docker, engine_id)
+
+    in_window = await collect_logs(runtime, engine_id, LogOptions(since=before_start, until=time.time() + 60))
+    after = await collect_logs(runtime, engine_id, LogOptions(since=time.time() + 60))
+    before = await collect_logs(runtime, engine_id, LogOptions(until=before_start))
+
+    assert in_window["stdout"] == b"line\n"
+    assert after["stdout"] == b""
+    assert before["stdout"] == b""
 
 
 @engine
