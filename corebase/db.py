@@ -15,7 +15,6 @@ from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine
 
 from corebase import piccolo_conf
-from corebase.errors import ConfigError
 from corebase.piccolo_app import TABLES
 from corebase.settings import Settings
 
@@ -34,15 +33,10 @@ def create_engine(settings: Settings) -> Engine:
         data_dir.mkdir(parents=True, exist_ok=True)
         return SQLiteEngine(path=str(data_dir / SQLITE_FILE))
 
-    scheme = urlsplit(url).scheme
-    if scheme in ("postgres", "postgresql"):
-        return PostgresEngine(config={"dsn": url}, log_queries=False)
-    if scheme == "sqlite":
+    if urlsplit(url).scheme == "sqlite":
         return SQLiteEngine(path=url.split("://", 1)[1])
-    raise ConfigError(
-        f"invalid setting database.url (variable COREBASE_DATABASE_URL): unsupported scheme {scheme!r}; "
-        "use postgresql://user:password@host:5432/dbname, sqlite:///path/to/file, or leave it empty"
-    )
+    # load_settings accepts only sqlite and postgres URLs.
+    return PostgresEngine(config={"dsn": url}, log_queries=False)
 
 
 async def connect(settings: Settings) -> Engine:

@@ -178,6 +178,7 @@ def load_settings(
         raise ConfigError(_describe_validation_error(exc)) from None
 
     _check_sizes(settings)
+    _check_database_url(settings.database.url)
     return settings
 
 
@@ -259,6 +260,15 @@ def _check_sizes(settings: Settings) -> None:
             raise ConfigError(f"invalid setting {section}.{field} (variable {variable}): {exc}") from None
 
 
-def size_setting(value: str) -> int:
-    """Parse a size setting already checked by load_settings."""
-    return parse_size(value)
+DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite")
+
+
+def _check_database_url(url: str) -> None:
+    if not url:
+        return
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError(
+            f"invalid setting database.url (variable COREBASE_DATABASE_URL): unsupported scheme {scheme!r}; "
+            "use postgresql://user:password@host:5432/dbname, sqlite:///path/to/file, or leave it empty"
+        )
