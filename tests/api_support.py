@@ -6,13 +6,16 @@ run id, and `cleanup_run_containers` removes exactly those from the engine after
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aiodocker
 import asyncpg
+import httpx
 import pytest
 
 from support.server import RunningServer, run_server
@@ -86,3 +89,13 @@ async def postgres_server(
             yield server
     finally:
         await drop_postgres_database(postgres_url, database_url)
+
+
+async def wait_until_ended(client: httpx.AsyncClient, container_id: str, limit: float = 60.0) -> dict:
+    """Poll the record until the container has ended; a loaded machine may take a while."""
+    deadline = time.monotonic() + limit
+    while True:
+        record = (await client.get(f"/api/runtime/containers/{container_id}")).json()
+        if record["status"] in ("exited", "dead") or time.monotonic() > deadline:
+            return record
+        await asyncio.sleep(0.2)

@@ -11,7 +11,15 @@ import aiodocker
 import httpx
 import pytest
 
-from api_support import RUN_ID, RUN_LABEL, cleanup_run_containers, run_containers_in_engine, server_fixture, start_body
+from api_support import (
+    RUN_ID,
+    RUN_LABEL,
+    cleanup_run_containers,
+    run_containers_in_engine,
+    server_fixture,
+    start_body,
+    wait_until_ended,
+)
 from support.registry import push_test_image
 from support.server import RunningServer, run_server
 
@@ -227,8 +235,8 @@ async def test_unknown_container_is_404_everywhere(api):
 
 async def test_operations_on_a_stopped_container(api, test_image):
     record = (await start(api, test_image, command=["sh", "-c", "exit 0"])).json()
-    time.sleep(0.5)
     container_id = record["id"]
+    assert (await wait_until_ended(api, container_id))["status"] == "exited"
     for response in (
         await api.post("/api/runtime/exec", json={"containerId": container_id, "command": ["true"]}),
         await api.post("/api/runtime/stop", json={"containerId": container_id}),

@@ -14,6 +14,7 @@ from api_support import (
     postgres_server,
     server_fixture,
     start_body,
+    wait_until_ended,
 )
 from support.server import RunningServer
 
@@ -286,18 +287,17 @@ async def test_exit_information(api, test_image):
         api, test_image, memory="8m", command=["sh", "-c", "head -c 100000000 /dev/zero | tail > /dev/null"]
     )
     clean = await start(api, test_image, command=["sh", "-c", "exit 7"])
-    await asyncio.sleep(2.0)
 
-    killed_state = (await api.get(f"/api/runtime/containers/{killed['id']}")).json()
+    killed_state = await wait_until_ended(api, killed["id"])
     assert killed_state["status"] == "exited"
     assert killed_state["exitCode"] == 137
     assert killed_state["oomKilled"] is False
 
-    oom_state = (await api.get(f"/api/runtime/containers/{oom['id']}")).json()
+    oom_state = await wait_until_ended(api, oom["id"])
     assert oom_state["status"] == "exited"
     assert oom_state["oomKilled"] is True
 
-    clean_state = (await api.get(f"/api/runtime/containers/{clean['id']}")).json()
+    clean_state = await wait_until_ended(api, clean["id"])
     assert clean_state["exitCode"] == 7
     assert clean_state["finishedAt"] is not None
     for record in (killed, oom, clean):

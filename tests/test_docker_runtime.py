@@ -758,7 +758,12 @@ def test_inspect_exit_code_only_after_exit() -> None:
         "Id": "abc",
         "Name": "/cbtest-x",
         "Created": "2024-01-01T00:00:00.1Z",
-        "State": {"Status": "created", "ExitCode": 0, "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
+        "State": {
+            "Status": "created",
+            "ExitCode": 0,
+            "StartedAt": "0001-01-01T00:00:00Z",
+            "FinishedAt": "0001-01-01T00:00:00Z",
+        },
         "Config": {"Image": "app:1", "Labels": None, "Tty": False},
         "NetworkSettings": {"Ports": {}},
         "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": ""}]}},
