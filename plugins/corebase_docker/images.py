@@ -107,7 +107,12 @@ async def pull_image(docker: aiodocker.Docker, image: str, *, timeout: float) ->
             async for line in response.content:
                 if not line.strip():
                     continue
-                error = progress_error(json.loads(line))
+                try:
+                    message = json.loads(line)
+                except ValueError as exc:
+                    reason = f"the engine sent an invalid progress message: {line[:200]!r}"
+                    raise ImagePullFailed(image, reason) from exc
+                error = progress_error(message)
                 if error is not None:
                     raise pull_error(image, error)
     except aiodocker.DockerError as exc:
@@ -116,7 +121,7 @@ async def pull_image(docker: aiodocker.Docker, image: str, *, timeout: float) ->
         if 400 <= exc.status < 600:
             raise pull_error(image, exc.message) from exc
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         raise ImagePullFailed(image, f"the pull timed out after {timeout:g} s; raise docker.pull_timeout") from exc
 
     logger.info("pulled image %s", image)

@@ -73,4 +73,6 @@ async def read_logs(
             for stream, data in decoder.feed(chunk):
                 yield LogChunk(stream=stream, data=data)
         if decoder.inside_frame:
-            logger.warning("log stream of container %s ended inside a frame; the last output may be incomplete", engine_id)
+            logger.warning(
+                "log stream of container %s ended inside a frame; the last output may be incomplete", engine_id
+            )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
+from typing import Any
 
 import aiodocker
 import aiohttp
@@ -119,7 +121,10 @@ class DockerRuntime:
             try:
                 await docker.containers.container(engine_id).start()
             except aiodocker.DockerError as exc:
-                raise start_rejection(exc) or exc
+                rejection = start_rejection(exc)
+                if rejection is None:
+                    raise
+                raise rejection from exc
 
     async def stop(self, engine_id: str, timeout: float | None = None) -> None:
         await self._stop_or_restart("stop", engine_id, timeout)
@@ -145,7 +150,8 @@ class DockerRuntime:
             container = await docker._query_json(f"containers/{engine_id}/json")
         return state_from_inspect(container)
 
-    async def list(self, labels: dict[str, str]) -> list[ContainerState]:
+    # The method `list` hides the built-in inside this class, hence `builtins.list` in annotations.
+    async def list(self, labels: dict[str, str]) -> builtins.list[ContainerState]:
         docker = self._client()
         filters = {"label": [f"{key}={value}" for key, value in sorted(labels.items())]}
         with self._errors("list containers"):
@@ -168,7 +174,7 @@ class DockerRuntime:
     async def exec(
         self,
         engine_id: str,
-        command: list[str],
+        command: builtins.list[str],
         *,
         env: dict[str, str] | None = None,
         workdir: str | None = None,
@@ -215,7 +221,7 @@ class DockerRuntime:
             engine_id=engine_id,
         )
 
-    async def _create_container(self, spec: ContainerSpec, body: dict) -> str:
+    async def _create_container(self, spec: ContainerSpec, body: dict[str, Any]) -> str:
         """Send the create request; raise ImageNotFound, NameInUse or a translated engine error.
 
         When the response is lost (timeout, broken connection, cancellation) the engine may have
