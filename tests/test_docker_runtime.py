@@ -282,6 +282,23 @@ async def test_create_name_in_use(runtime: DockerRuntime, new_spec: SpecFactory,
 
 
 @engine
+async def test_lost_create_response_cleanup(runtime: DockerRuntime, new_spec: SpecFactory) -> None:
+    # The cleanup that runs when a create request times out or is cancelled after the engine
+    # acted: it removes the container with the spec's name only when the labels match.
+    spec = new_spec(labels={"corebase.id": secrets.token_hex(4)})
+    other = new_spec(labels={"corebase.id": "someone-else"})
+    await runtime.create(spec)
+    kept = await runtime.create(other)
+
+    await runtime._remove_lost_container(spec)
+    await runtime._remove_lost_container(ContainerSpec(image=spec.image, name=other.name, labels=spec.labels))
+
+    with pytest.raises(ContainerNotFound):
+        await runtime.inspect(spec.name)
+    assert (await runtime.inspect(kept)).name == other.name
+
+
+@engine
 async def test_missing_image_policy_never(runtime: DockerRuntime, new_spec: SpecFactory) -> None:
     spec = new_spec(image="corebase-test/absent:never", pull_policy="never")
 
