@@ -32,7 +32,7 @@ BUILTIN_PLUGINS = ("corebase_docker", "corebase_policies")
 
 @dataclass
 class AppContext:
-    """What start-up builds and plugins' startup and shutdown hooks receive."""
+    """The components start-up builds, passed to plugins' startup and shutdown hooks."""
 
     settings: Settings
     plugin_manager: pluggy.PluginManager
@@ -92,10 +92,6 @@ def _describe_validation(exc: pluggy.PluginValidationError) -> str:
     return f"plugin {plugin_name}: {message}"
 
 
-def plugin_name_of(manager: pluggy.PluginManager, plugin: Any) -> str:
-    return manager.get_name(plugin) or repr(plugin)
-
-
 def load_runtime(manager: pluggy.PluginManager, settings: Settings) -> ContainerRuntime:
     """Return the first runtime a plugin provides; fail with the fix when none does."""
     runtime = manager.hook.corebase_runtime(settings=settings)
@@ -109,7 +105,7 @@ def load_runtime(manager: pluggy.PluginManager, settings: Settings) -> Container
     return runtime
 
 
-def collect_named(manager: pluggy.PluginManager, hook_name: str, settings: Settings, what: str) -> list[Any]:
+def collect_named(manager: pluggy.PluginManager, hook_name: str, settings: Settings, kind: str) -> list[Any]:
     """Call a list-returning hook on every plugin and join the results, rejecting duplicate names.
 
     The error for a duplicate names the item and both plugins that provide it.
@@ -124,8 +120,8 @@ def collect_named(manager: pluggy.PluginManager, hook_name: str, settings: Setti
             item_name = item.name
             if item_name in providers:
                 raise PluginError(
-                    f"two plugins provide a {what} named {item_name!r}: {providers[item_name]} and {plugin_name}; "
-                    f"disable one with plugins.disabled or rename the {what}"
+                    f"two plugins provide a {kind} named {item_name!r}: {providers[item_name]} and {plugin_name}; "
+                    f"disable one with plugins.disabled or rename the {kind}"
                 )
             providers[item_name] = plugin_name
             items.append(item)

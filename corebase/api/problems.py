@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from corebase.errors import PROBLEM_TYPE_BASE, ApiError
@@ -63,7 +63,7 @@ def _field_name(key: Any, message: str) -> str | None:
     """Return the field's JSON path, such as `mounts[0].target`.
 
     Litestar reports a body field by its path, a query parameter by its name, and the body itself
-    as "data"; an unknown field is named only inside msgspec's message.
+    as "data". An unknown field is named only inside msgspec's message.
     """
     path = "" if key in (None, "data", "body") else str(key).removeprefix("$.").removeprefix("$")
     # msgspec writes a dict value's position as "[...]" without the key.
@@ -118,5 +118,3 @@ EXCEPTION_HANDLERS = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
-
-__all__ = ["EXCEPTION_HANDLERS", "MediaType"]

@@ -1,7 +1,7 @@
 """Request and response bodies of /api/runtime, as msgspec Structs with camelCase JSON names.
 
 Types and bounds declared here are checked by Litestar while it decodes the body, so a wrong type
-answers 400 naming the field. Rules that need settings or several fields live in
+gets a 400 naming the field. Rules that need settings or several fields live in
 `corebase.containers.spec`.
 """
 
@@ -57,10 +57,6 @@ class StartRequest(Body):
     network_mode: str | None = None
     pid_mode: str | None = None
     ipc_mode: str | None = None
-
-
-class ContainerRef(Body):
-    container_id: str
 
 
 class StopRequest(Body):

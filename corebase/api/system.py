@@ -16,7 +16,7 @@ from corebase.plugins import AppContext, describe_plugins
 
 logger = logging.getLogger(__name__)
 
-# Seconds each health probe may take, so /health answers quickly when a component hangs.
+# Seconds each health probe may take, so /health responds quickly when a component hangs.
 HEALTH_PROBE_TIMEOUT = 3.0
 
 

@@ -1,6 +1,6 @@
 """The container service: every container operation the API offers, as validate, act, record.
 
-The database row says what CoreBase intends; the engine says what exists. Reads refresh a row
+The database row records what CoreBase intends, and the engine reports what exists. Reads refresh a row
 from the engine so a container that ended on its own reports its exit code. Failed starts leave
 nothing behind: the engine object is removed, and the row is deleted when the engine never held
 the container or the request was at fault. Only a container that the engine created and then
@@ -125,8 +125,8 @@ class ContainerService:
             created_at=now,
             updated_at=now,
         )
-        # The name check and the insert share one write transaction, so two requests for one name
-        # cannot both pass on SQLite; on PostgreSQL the engine's own unique names are the backstop.
+        # The name check and the insert share one write transaction, so on SQLite two requests for
+        # one name cannot both pass. On PostgreSQL the engine's own unique names are the backstop.
         async with _write_transaction():
             if await Container.exists().where(
                 (Container.name == spec.name) & Container.status.is_in(list(ACTIVE_STATUSES))
@@ -315,8 +315,8 @@ class ContainerService:
         row = await self._find(caller, reference)
         async with self._engine_errors(row):
             current = await self.runtime.stats(row.docker_id)
-            kept = self._samples.get(row.id)
-            previous = kept[1] if kept and time.monotonic() - kept[0] < STATS_SAMPLE_MAX_AGE else None
+            stored = self._samples.get(row.id)
+            previous = stored[1] if stored and time.monotonic() - stored[0] < STATS_SAMPLE_MAX_AGE else None
             percent = cpu_percent(previous, current)
             if percent is None:
                 await asyncio.sleep(self.settings.stats.sample_interval)
@@ -381,7 +381,7 @@ def _select():
 
 
 def _visible_to(caller: Caller):
-    """The rows a caller may see: all of them for an admin, otherwise their own."""
+    """Build the condition for rows a caller may see: all of them for an admin, otherwise their own."""
     if caller.is_admin:
         return Container.id.is_not_null()
     return Container.owner == caller.user

@@ -33,7 +33,6 @@ PROJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 LABEL_ID = "corebase.id"
 LABEL_OWNER = "corebase.owner"
-LABEL_TEMPLATE = "corebase.template"
 LABEL_PROJECT = "corebase.project"
 LABEL_MANAGED = "corebase.managed"
 
