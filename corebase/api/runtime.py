@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -27,7 +28,9 @@ from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
 from corebase.runtime.types import LogChunk, LogOptions
 
-ContainerIdQuery = Annotated[str, Parameter(query="containerId", description="CoreBase container id or name")]
+CallerDependency = NamedDependency[Caller]
+ContainerServiceDependency = NamedDependency[ContainerService]
+ContainerIdQuery = Annotated[str, QueryParameter(name="containerId", description="CoreBase container id or name")]
 
 
 class RuntimeController(Controller):
@@ -35,44 +38,44 @@ class RuntimeController(Controller):
     tags = ["runtime"]
 
     @post("/start", status_code=HTTP_201_CREATED, summary="Create and start a container")
-    async def start(self, data: StartRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+    async def start(self, data: JSONBody[StartRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.start(caller, data))
 
     @post("/stop", status_code=HTTP_200_OK, summary="Stop a container, killing it after the grace period")
-    async def stop(self, data: StopRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+    async def stop(self, data: JSONBody[StopRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.stop(caller, data.container_id, data.timeout))
 
     @post("/restart", status_code=HTTP_200_OK, summary="Restart a container")
-    async def restart(self, data: StopRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+    async def restart(self, data: JSONBody[StopRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.restart(caller, data.container_id, data.timeout))
 
     @post("/remove", status_code=HTTP_200_OK, summary="Remove a container")
-    async def remove(self, data: RemoveRequest, caller: Caller, containers: ContainerService) -> ContainerRecord:
+    async def remove(self, data: JSONBody[RemoveRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.remove(caller, data.container_id, data.force))
 
     @get("/containers", summary="List containers")
     async def list_containers(
         self,
-        caller: Caller,
-        containers: ContainerService,
-        project_id: Annotated[str | None, Parameter(query="projectId")] = None,
+        caller: CallerDependency,
+        containers: ContainerServiceDependency,
+        project_id: Annotated[str | None, QueryParameter(name="projectId")] = None,
         status: Annotated[
             Literal["creating", "created", "running", "paused", "restarting", "exited", "dead", "failed", "removed"]
             | None,
-            Parameter(description="Only this status; without it, every status but failed and removed"),
+            QueryParameter(description="Only this status; without it, every status but failed and removed"),
         ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> ContainerPage:
         rows, total = await containers.list(caller, project_id=project_id, status=status, limit=limit, offset=offset)
         return ContainerPage(items=[container_record(row) for row in rows], total=total, limit=limit, offset=offset)
 
     @get("/containers/{container_id:str}", summary="Inspect one container")
-    async def get_container(self, container_id: str, caller: Caller, containers: ContainerService) -> ContainerRecord:
+    async def get_container(self, container_id: FromPath[str], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.get(caller, container_id))
 
     @post("/exec", status_code=HTTP_200_OK, summary="Run a command in a running container")
-    async def exec(self, data: ExecRequest, caller: Caller, containers: ContainerService) -> ExecRecord:
+    async def exec(self, data: JSONBody[ExecRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ExecRecord:
         result, duration_ms = await containers.exec(caller, data)
         return ExecRecord(
             exit_code=result.exit_code,
@@ -91,17 +94,17 @@ class RuntimeController(Controller):
     )
     async def logs(
         self,
-        caller: Caller,
-        containers: ContainerService,
+        caller: CallerDependency,
+        containers: ContainerServiceDependency,
         container_id: ContainerIdQuery,
-        tail: Annotated[str | None, Parameter(description="Number of lines from the end, or 'all'")] = None,
-        since: Annotated[str | None, Parameter(description="RFC 3339 time or Unix seconds")] = None,
-        until: Annotated[str | None, Parameter(description="RFC 3339 time or Unix seconds")] = None,
-        timestamps: bool = False,
-        stdout: bool = True,
-        stderr: bool = True,
-        follow: bool = False,
-        format: Literal["text", "ndjson"] = "text",
+        tail: Annotated[str | None, QueryParameter(description="Number of lines from the end, or 'all'")] = None,
+        since: Annotated[str | None, QueryParameter(description="RFC 3339 time or Unix seconds")] = None,
+        until: Annotated[str | None, QueryParameter(description="RFC 3339 time or Unix seconds")] = None,
+        timestamps: FromQuery[bool] = False,
+        stdout: FromQuery[bool] = True,
+        stderr: FromQuery[bool] = True,
+        follow: FromQuery[bool] = False,
+        format: FromQuery[Literal["text", "ndjson"]] = "text",
     ) -> Stream:
         options = LogOptions(
             stdout=stdout,
@@ -118,7 +121,7 @@ class RuntimeController(Controller):
         return Stream(_raw(chunks), media_type="text/plain; charset=utf-8")
 
     @get("/stats", summary="Read a running container's resource usage")
-    async def stats(self, caller: Caller, containers: ContainerService, container_id: ContainerIdQuery) -> StatsRecord:
+    async def stats(self, caller: CallerDependency, containers: ContainerServiceDependency, container_id: ContainerIdQuery) -> StatsRecord:
         row, sample, percent = await containers.stats(caller, container_id)
         return stats_record(row.id, sample, percent)
 

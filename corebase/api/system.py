@@ -7,6 +7,7 @@ import logging
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from corebase import __version__, db
 from corebase.api.schemas import ComponentHealth, HealthRecord, PluginRecord
@@ -34,7 +35,7 @@ class SystemController(Controller):
         return Response(record, status_code=200 if healthy else 503)
 
     @get("/api/plugins", summary="Loaded plugins, their versions and the hooks each implements")
-    async def plugins(self, state: State, caller: Caller) -> list[PluginRecord]:
+    async def plugins(self, state: State, caller: NamedDependency[Caller]) -> list[PluginRecord]:
         context: AppContext = state.context
         return [PluginRecord(**item) for item in describe_plugins(context.plugin_manager)]
 
