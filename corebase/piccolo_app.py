@@ -8,11 +8,13 @@ from piccolo.conf.apps import AppConfig
 
 from corebase.auth.tables import ApiKey
 from corebase.containers.tables import Container
+from corebase.leases import Lease
 from corebase.metrics.tables import RuntimeMetric
+from corebase.pool.tables import Pool
 from corebase.quotas.tables import UserQuota
 from corebase.templates.tables import ContainerTemplate
 
-TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey]
+TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease]
 
 
 def migrations_folder() -> Path:

@@ -1,8 +1,8 @@
 """Typed settings: built-in defaults, then config/corebase.toml (or --config), then COREBASE_* variables.
 
 Each field of a section maps to the variable ``COREBASE_<SECTION>_<FIELD>`` (for example
-``server.port`` is ``COREBASE_SERVER_PORT``); ENV_ALIASES lists the few shorter names. List values
-in variables are comma-separated. An invalid value raises ConfigError naming the setting.
+``server.port`` is ``COREBASE_SERVER_PORT``), and ENV_ALIASES lists the few shorter names. List
+values in variables are comma-separated, and mappings are written key=value,key2=value2. An invalid value raises ConfigError naming the setting.
 """
 
 from __future__ import annotations
@@ -107,6 +107,35 @@ class StatsSettings(Section):
     """Seconds between the two readings taken when no earlier reading of a container is kept."""
 
 
+class TemplateSettings(Section):
+    images: dict[str, str] = {}
+    """Image per template name, replacing the template's own, for example {python = "registry.local/python:3.12"}."""
+
+
+class PoolSpec(Section):
+    min_idle: Annotated[int, msgspec.Meta(ge=0)] = 1
+    """Idle members kept ready even without demand."""
+    max_idle: Annotated[int, msgspec.Meta(ge=0)] = 4
+    """Idle members kept at most, however high the demand."""
+    max_total: Annotated[int, msgspec.Meta(ge=1)] = 8
+    """Members that may exist at once, idle or starting."""
+    idle_ttl: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """Seconds an idle member may wait before it is replaced by a fresh one."""
+
+
+class PoolSettings(Section):
+    interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """Seconds between two passes of the pool manager (refill, expiry, autoscaling)."""
+    max_parallel_starts: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    """Members one pass may start at the same time."""
+    warm_timeout: PositiveFloat = 120.0
+    """Seconds a new member may take to run and pass its health check before it is discarded."""
+    demand_window: Annotated[float, msgspec.Meta(ge=5)] = 60.0
+    """Seconds of recent claims and misses the autoscaler weighs."""
+    pools: dict[str, PoolSpec] = {}
+    """Pools created at start-up, by template name, for example [pool.pools.python] min_idle = 2."""
+
+
 class AuthSettings(Section):
     admin_api_key: str = ""
     """Seed an admin API key with this value at start-up; empty generates one on first start."""
@@ -130,6 +159,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
     exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
+    templates: TemplateSettings = msgspec.field(default_factory=TemplateSettings)
+    pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
 
@@ -179,7 +210,20 @@ def load_settings(
 
     _check_sizes(settings)
     _check_database_url(settings.database.url)
+    for template, pool in settings.pool.pools.items():
+        problem = pool_limits_problem(pool.min_idle, pool.max_idle, pool.max_total)
+        if problem:
+            raise ConfigError(f"invalid setting pool.pools.{template}: {problem}")
     return settings
+
+
+def pool_limits_problem(min_idle: int, max_idle: int, max_total: int) -> str | None:
+    """Describe what is wrong with a pool's sizes, or return None when min_idle <= max_idle <= max_total."""
+    if min_idle > max_idle:
+        return f"min_idle {min_idle} is above max_idle {max_idle}; lower min_idle or raise max_idle"
+    if max_idle > max_total:
+        return f"max_idle {max_idle} is above max_total {max_total}; lower max_idle or raise max_total"
+    return None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -210,8 +254,23 @@ def _environment_values(environ: Mapping[str, str]) -> list[tuple[str, str, Any]
             continue
         if isinstance(field_type, msgspec.inspect.ListType):
             value = [item.strip() for item in value.split(",") if item.strip()]
+        elif isinstance(field_type, msgspec.inspect.DictType):
+            value = _parse_mapping(name, value)
         found.append((section, field, value))
     return found
+
+
+def _parse_mapping(variable: str, value: str) -> dict[str, str]:
+    """Read "key=value,key2=value2" from an environment variable."""
+    mapping = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, separator, entry = item.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"invalid variable {variable}: {item.strip()!r} is not key=value; use key=value,key2=value2")
+        mapping[key.strip()] = entry.strip()
+    return mapping
 
 
 def _section_types() -> dict[str, type]:

@@ -216,8 +216,9 @@ class ContainerService:
             state = states.get(row.docker_id)
             if state is None:
                 await self._mark_gone(row)
-            elif _apply_state(row, state):
-                await row.save()
+            elif state.status != row.status:
+                # The list lacks exit details (OOM, times), so a changed container is inspected.
+                await self._refresh(row)
 
     async def _mark_gone(self, row: Container) -> None:
         row.status = "removed"

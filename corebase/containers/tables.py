@@ -1,10 +1,12 @@
 """The containers table: what CoreBase intends to exist, beside the engine's own id."""
 
-from piccolo.columns import JSON, BigInt, Boolean, Integer, Text, Timestamptz, Varchar
+from piccolo.columns import JSON, BigInt, Boolean, Integer, Real, Text, Timestamptz, Varchar
 from piccolo.table import Table
 
 # Statuses a row can have: the engine's own, plus "creating" (row written, engine not done yet),
 # "failed" (a start that did not complete; the reason is in `error`) and "removed".
+# A pool member has `pool` set and a `pool_state` of "warming", "idle" or "retiring"; when a
+# caller claims it, `pool_state` becomes null and `source` is "pool".
 ACTIVE_STATUSES = ("creating", "created", "running", "paused", "restarting", "exited", "dead")
 
 
@@ -33,3 +35,12 @@ class Container(Table, tablename="containers"):
     started_at = Timestamptz(null=True, default=None)
     finished_at = Timestamptz(null=True, default=None)
     removed_at = Timestamptz(null=True, default=None)
+    # "cold" for a container created for its request, "pool" for one claimed from a pool.
+    source = Varchar(length=8, null=True, default=None)
+    pool = Varchar(length=128, null=True, default=None, index=True)
+    pool_state = Varchar(length=16, null=True, default=None, index=True)
+    # Secrets generated for a pool member's template, kept only until the member is claimed.
+    pending_credentials = JSON(null=True, default=None)
+    claimed_at = Timestamptz(null=True, default=None)
+    # Milliseconds the claim took inside the server, for the pool's latency figures.
+    claim_ms = Real(null=True, default=None)

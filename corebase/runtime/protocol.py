@@ -48,6 +48,9 @@ class ContainerRuntime(Protocol):
     async def restart(self, engine_id: str, timeout: float | None = None) -> None:
         """Stop (with the same grace period as `stop`) and start again."""
 
+    async def rename(self, engine_id: str, name: str) -> None:
+        """Give a container a new name; raise NameInUse when another container has it."""
+
     async def remove(self, engine_id: str, force: bool = False) -> None:
         """Remove a container and its anonymous volumes; `force` kills a running one first."""
 

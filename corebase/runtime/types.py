@@ -34,6 +34,19 @@ class MountSpec(msgspec.Struct, frozen=True):
     read_only: bool = False
 
 
+class HealthCheck(msgspec.Struct, frozen=True):
+    """A command the engine runs inside the container to tell whether it is ready. Times are seconds."""
+
+    test: list[str]
+    interval: float = 2.0
+    timeout: float = 5.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+HealthStatus = Literal["starting", "healthy", "unhealthy"]
+
+
 class ContainerSpec(msgspec.Struct):
     """Everything a runtime needs to create one container. The core fills every field."""
 
@@ -58,6 +71,7 @@ class ContainerSpec(msgspec.Struct):
     network_mode: str | None = None
     pid_mode: str | None = None
     ipc_mode: str | None = None
+    healthcheck: HealthCheck | None = None
     # "missing" pulls only when the image is absent, "always" before every create, "never" not at all.
     pull_policy: Literal["missing", "always", "never"] = "missing"
 
@@ -78,6 +92,8 @@ class ContainerState(msgspec.Struct):
     finished_at: datetime | None = None
     ports: list[PortBinding] = []
     tty: bool = False
+    # None when the container has no health check.
+    health: HealthStatus | None = None
 
     @property
     def running(self) -> bool:

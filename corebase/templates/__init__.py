@@ -6,11 +6,19 @@ from typing import Literal
 
 import msgspec
 
+from corebase.runtime.types import HealthCheck
+
 TemplateCategory = Literal["runtime", "database", "static", "system", "custom"]
 
 
 class TemplateSpec(msgspec.Struct, kw_only=True):
-    """A template as a plugin provides it. Sizes are bytes, CPU in CPUs, ports container-side."""
+    """A template, as a plugin provides it or a user stores it.
+
+    Sizes are bytes and CPU is in CPUs. `ports` are container ports, published on a host port the
+    engine picks. Each name in `generated_env` gets a fresh random secret per container, which the
+    start response returns once and CoreBase never logs. `max_memory` and `max_cpus` bound what a
+    start request may ask for on top of the defaults.
+    """
 
     name: str
     image: str
@@ -21,3 +29,15 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     ports: list[int] = []
     memory: int | None = None
     cpus: float | None = None
+    max_memory: int | None = None
+    max_cpus: float | None = None
+    healthcheck: HealthCheck | None = None
+    generated_env: list[str] = []
+    workdir: str | None = None
+    user: str | None = None
+    version: int = 1
+    builtin: bool = True
+    owner: str | None = None
+
+
+__all__ = ["TemplateCategory", "TemplateSpec"]

@@ -10,8 +10,10 @@ class ContainerTemplate(Table, tablename="container_templates"):
     category = Varchar(length=32)
     description = Text(default="")
     image = Varchar(length=512)
-    # The template's defaults (command, env, ports, resources) as the template API accepts them.
+    # The whole TemplateSpec, encoded by msgspec.
     spec = JSON(default="{}")
     owner = Varchar(length=200, null=True, default=None)
     builtin = Boolean(default=False)
     created_at = Timestamptz()
+    # Set on every version when the template is deleted; the rows stay for the containers made from them.
+    deleted_at = Timestamptz(null=True, default=None)

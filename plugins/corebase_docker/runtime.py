@@ -132,6 +132,19 @@ class DockerRuntime:
     async def restart(self, engine_id: str, timeout: float | None = None) -> None:
         await self._stop_or_restart("restart", engine_id, timeout)
 
+    async def rename(self, engine_id: str, name: str) -> None:
+        docker = self._client()
+        with self._errors("rename container", engine_id):
+            try:
+                # aiodocker has no rename call, so the endpoint is requested directly.
+                await docker._query_json(
+                    f"containers/{engine_id}/rename", method="POST", params={"name": name}, timeout=self.timeout
+                )
+            except aiodocker.DockerError as exc:
+                if exc.status == 409:
+                    raise NameInUse(name) from exc
+                raise
+
     async def remove(self, engine_id: str, force: bool = False) -> None:
         docker = self._client()
         with self._errors("remove container", engine_id):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from corebase.runtime.types import ContainerSpec, MountSpec, PortBinding
+from corebase.runtime.types import ContainerSpec, HealthCheck, MountSpec, PortBinding
 
 # Each container's json-file log is capped at three files of 10 MiB, so a chatty container
 # cannot fill the engine's disk.
@@ -88,4 +88,20 @@ def create_body(spec: ContainerSpec, *, stop_timeout: float) -> dict[str, Any]:
         body["User"] = spec.user
     if spec.ports:
         body["ExposedPorts"] = {port_key(port): {} for port in spec.ports}
+    if spec.healthcheck is not None:
+        body["Healthcheck"] = healthcheck_body(spec.healthcheck)
     return body
+
+
+NANOSECONDS = 1_000_000_000
+
+
+def healthcheck_body(check: HealthCheck) -> dict[str, Any]:
+    """Return Config.Healthcheck; the engine takes durations in nanoseconds and runs Test with exec."""
+    return {
+        "Test": ["CMD", *check.test],
+        "Interval": int(check.interval * NANOSECONDS),
+        "Timeout": int(check.timeout * NANOSECONDS),
+        "Retries": check.retries,
+        "StartPeriod": int(check.start_period * NANOSECONDS),
+    }

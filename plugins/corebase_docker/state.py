@@ -93,6 +93,7 @@ def state_from_inspect(container: Mapping[str, Any]) -> ContainerState:
         finished_at=finished_at,
         ports=published_ports(container),
         tty=bool(config.get("Tty")),
+        health=(state.get("Health") or {}).get("Status") or None,
     )
 
 
@@ -129,4 +130,16 @@ def state_from_list_entry(entry: Mapping[str, Any]) -> ContainerState:
         exit_code=int(exited.group(1)) if exited and status in ("exited", "dead") else None,
         created_at=datetime.fromtimestamp(created, tz=timezone.utc) if created else None,
         ports=ports,
+        health=_health_from_status(entry.get("Status") or ""),
     )
+
+
+def _health_from_status(text: str) -> str | None:
+    """Read the health the engine appends to a list entry's status, as in "Up 5 seconds (healthy)"."""
+    if "(health: starting)" in text:
+        return "starting"
+    if "(unhealthy)" in text:
+        return "unhealthy"
+    if "(healthy)" in text:
+        return "healthy"
+    return None
