@@ -19,12 +19,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 from corebase import __version__, db
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
+from corebase.api.pools import PoolController
 from corebase.api.runtime import RuntimeController
+from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
 from corebase.auth.keys import KeyVerifier, seed_admin_key
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError
-from corebase.plugins import AppContext, build_plugin_manager, collect_named, load_runtime
+from corebase.plugins import AppContext, build_plugin_manager, collect_named, load_pool_strategy, load_runtime
+from corebase.pool.service import PoolService
+from corebase.templates.catalog import TemplateCatalog
 from corebase.settings import Settings
 from corebase.sizes import parse_size
 
@@ -44,7 +48,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
     extra_routes = [route for routes in manager.hook.corebase_routes(settings=settings) for route in routes or []]
 
     return Litestar(
-        route_handlers=[SystemController, RuntimeController, *extra_routes],
+        route_handlers=[SystemController, RuntimeController, TemplateController, PoolController, *extra_routes],
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "containers": Provide(_provide_containers, sync_to_thread=False),
@@ -52,7 +56,13 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[_lifespan],
-        state=State({"context": context, "key_verifier": KeyVerifier()}),
+        state=State(
+            {
+                "context": context,
+                "key_verifier": KeyVerifier(),
+                "templates": TemplateCatalog(context.templates, settings.templates.images),
+            }
+        ),
         openapi_config=OpenAPIConfig(
             title="CoreBase",
             version=__version__,
@@ -85,11 +95,17 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         engine_cpus = await _describe_engine(context)
         app.state.database = engine
         app.state.database_description = db.describe(settings)
-        app.state.containers = ContainerService(settings, context.runtime, context.policies, engine_cpus)
-        context.state["containers"] = app.state.containers
+        containers = ContainerService(settings, context.runtime, context.policies, app.state.templates, engine_cpus)
+        pools = PoolService(settings, containers, load_pool_strategy(context.plugin_manager, settings))
+        containers.pool = pools
+        app.state.containers = context.state["containers"] = containers
+        app.state.pools = context.state["pools"] = pools
+        await pools.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
         yield
     finally:
+        if "pools" in context.state:
+            await context.state["pools"].stop()
         await _shutdown(context)
         await db.disconnect(engine)
 

@@ -11,11 +11,15 @@
         │   └── PolicyDenied         403, with every policy's reasons
         ├── NotFound                 404
         │   ├── ContainerNotFound
-        │   └── ImageNotFound
+        │   ├── ImageNotFound
+        │   ├── TemplateNotFound
+        │   └── PoolNotFound
         ├── Conflict                 409
         │   ├── NameInUse
         │   ├── ContainerNotRunning
-        │   └── ContainerRunning
+        │   ├── ContainerRunning
+        │   ├── PortInUse
+        │   └── TemplateInUse
         ├── EngineError              502, the engine refused an operation
         │   └── ImagePullFailed
         ├── EngineUnavailable        503, the engine cannot be reached
@@ -153,6 +157,27 @@ class ImageNotFound(NotFound):
         )
 
 
+class TemplateNotFound(NotFound):
+    slug = "template-not-found"
+    title = "Template not found"
+
+    def __init__(self, name: str, version: int | None = None) -> None:
+        which = f"{name!r} version {version}" if version is not None else repr(name)
+        super().__init__(
+            f"template {which} does not exist; list templates with GET /api/runtime/templates", template=name
+        )
+
+
+class PoolNotFound(NotFound):
+    slug = "pool-not-found"
+    title = "Pool not found"
+
+    def __init__(self, template: str) -> None:
+        super().__init__(
+            f"template {template!r} has no pool; create one with PUT /api/runtime/pools/{template}", template=template
+        )
+
+
 class Conflict(ApiError):
     status = 409
     slug = "conflict"
@@ -191,6 +216,30 @@ class ContainerRunning(Conflict):
         super().__init__(
             detail or f"container {container_id!r} is running; stop it first or pass force=true",
             containerId=container_id,
+        )
+
+
+class PortInUse(Conflict):
+    slug = "port-in-use"
+    title = "Host port in use"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"a requested host port is already in use on the host ({reason}); choose another host port in "
+            "'ports', or null to let the engine pick a free one",
+            field="ports",
+        )
+
+
+class TemplateInUse(Conflict):
+    slug = "template-in-use"
+    title = "Template in use"
+
+    def __init__(self, name: str, users: list[str]) -> None:
+        super().__init__(
+            f"template {name!r} is used by {', '.join(users)}; remove those first or pass force=true",
+            template=name,
+            usedBy=users,
         )
 
 

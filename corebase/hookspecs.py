@@ -14,6 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from corebase.plugins import AppContext
+    from corebase.pool.strategy import PoolStrategy
     from corebase.runtime import ContainerRuntime
     from corebase.security import Policy
     from corebase.settings import Settings
@@ -48,6 +49,19 @@ def corebase_templates(settings: Settings) -> list[TemplateSpec]:
 
     Called once at start-up. Return a list of TemplateSpec. The lists of all plugins are joined;
     two templates with the same name stop start-up with an error naming both plugins.
+    """
+
+
+# --- pools -----------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def corebase_pool_strategy(settings: Settings) -> PoolStrategy | None:
+    """Provide the autoscaling strategy that sets each pool's idle target.
+
+    Called once at start-up. Return a PoolStrategy, or None to let another plugin provide it. The
+    first non-None result wins; the built-in strategy is registered with ``trylast=True``. The
+    strategy's `target` runs on every pool manager pass and must not block.
     """
 
 

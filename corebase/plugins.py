@@ -19,6 +19,7 @@ import pluggy
 
 from corebase import hookspecs
 from corebase.errors import PluginError
+from corebase.pool.strategy import PoolStrategy
 from corebase.runtime.protocol import ContainerRuntime
 from corebase.security import Policy
 from corebase.settings import Settings
@@ -27,7 +28,7 @@ from corebase.templates import TemplateSpec
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "corebase"
-BUILTIN_PLUGINS = ("corebase_docker", "corebase_policies")
+BUILTIN_PLUGINS = ("corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool")
 
 
 @dataclass
@@ -103,6 +104,19 @@ def load_runtime(manager: pluggy.PluginManager, settings: Settings) -> Container
     if not isinstance(runtime, ContainerRuntime):
         raise PluginError(f"the runtime {runtime!r} does not implement corebase.runtime.ContainerRuntime")
     return runtime
+
+
+def load_pool_strategy(manager: pluggy.PluginManager, settings: Settings) -> PoolStrategy:
+    """Return the first pool strategy a plugin provides; fail with the fix when none does."""
+    strategy = manager.hook.corebase_pool_strategy(settings=settings)
+    if strategy is None:
+        raise PluginError(
+            "no plugin provides a pool strategy (hook corebase_pool_strategy); enable the built-in "
+            "'corebase_pool' plugin or install a strategy plugin"
+        )
+    if not isinstance(strategy, PoolStrategy):
+        raise PluginError(f"the pool strategy {strategy!r} does not implement corebase.pool.strategy.PoolStrategy")
+    return strategy
 
 
 def collect_named(manager: pluggy.PluginManager, hook_name: str, settings: Settings, kind: str) -> list[Any]:

@@ -475,4 +475,14 @@ async def forwards():
         schema=None,
     )
 
+    async def unique_template_versions():
+        # Two processes storing the same version of one template must not both succeed.
+        from piccolo.engine.finder import engine_finder
+
+        await engine_finder().run_ddl(
+            "CREATE UNIQUE INDEX container_templates_name_version ON container_templates (name, version)"
+        )
+
+    manager.add_raw(unique_template_versions)
+
     return manager

@@ -159,6 +159,11 @@ BAD_STARTS = [
     ({"unknownField": 1}, 400, "unknownField"),
     ({"mounts": [{"type": "tmpfs", "target": "relative"}]}, 422, "mounts[0].target"),
     ({"command": ["no-such-binary-in-image"]}, 422, "command"),
+    ({"user": "no-such-user"}, 422, "user"),
+    ({"workdir": "relative/dir"}, 422, "workdir"),
+    ({"name": "ctr_0123456789abcdef"}, 422, "name"),
+    ({"image": None}, 422, "image"),
+    ({"image": "corebase-test/busybox:1", "template": "python"}, 422, "image"),
 ]
 
 
@@ -186,6 +191,44 @@ async def test_dangerous_start_is_denied_with_the_reason(api, test_image, fields
     body = assert_problem(await start(api, test_image, **fields), 403)
     assert policy in [reason["policy"] for reason in body["reasons"]]
     assert await snapshot(api) == before
+
+
+async def test_missing_required_fields_are_named(api):
+    assert_problem(await api.post("/api/runtime/stop", json={}), 400, "containerId")
+    assert_problem(await api.post("/api/runtime/exec", json={"containerId": "x"}), 400, "command")
+
+
+async def test_taken_host_port_is_a_conflict(api, test_image):
+    first = (await start(api, test_image, command=["sleep", "600"], ports={"80": None})).json()
+    taken = first["ports"][0]["hostPort"]
+    before = await snapshot(api)
+    body = assert_problem(await start(api, test_image, command=["sleep", "600"], ports={"80": taken}), 409, "ports")
+    assert str(taken) in body["detail"]
+    assert await snapshot(api) == before
+    await api.post("/api/runtime/remove", json={"containerId": first["id"], "force": True})
+
+
+async def test_log_parameters_that_match_nothing(api, test_image):
+    record = (await start(api, test_image, command=["sleep", "600"])).json()
+    both_off = await api.get("/api/runtime/logs", params={"containerId": record["id"], "stdout": "false", "stderr": "false"})
+    assert_problem(both_off, 400, "stdout")
+    reversed_window = await api.get(
+        "/api/runtime/logs", params={"containerId": record["id"], "since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}
+    )
+    assert_problem(reversed_window, 400, "until")
+    text = await api.get("/api/runtime/logs", params={"containerId": record["id"]})
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    await api.post("/api/runtime/remove", json={"containerId": record["id"], "force": True})
+
+
+async def test_listing_keeps_engine_details(api, test_image):
+    record = (await start(api, test_image, command=["sleep", "600"], projectId="keep-details")).json()
+    listed = (await api.get("/api/runtime/containers", params={"projectId": "keep-details"})).json()["items"][0]
+    assert listed["startedAt"] == record["startedAt"]
+    assert listed["updatedAt"] == record["updatedAt"]
+    again = (await api.get(f"/api/runtime/containers/{record['id']}")).json()
+    assert again["updatedAt"] == record["updatedAt"]
+    await api.post("/api/runtime/remove", json={"containerId": record["id"], "force": True})
 
 
 async def test_malformed_json_and_oversized_body(api):

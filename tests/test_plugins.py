@@ -37,7 +37,7 @@ def install_entry_point_plugin(tmp_path: Path, monkeypatch, module_name: str, so
 def test_builtins_load_and_provide_a_runtime():
     manager = build_plugin_manager(settings())
     names = {item["name"] for item in describe_plugins(manager)}
-    assert {"corebase_docker", "corebase_policies"} <= names
+    assert {"corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool"} <= names
     assert load_runtime(manager, settings()).name == "docker"
 
 
@@ -46,6 +46,8 @@ def test_describe_lists_versions_and_hooks():
     described = {item["name"]: item for item in describe_plugins(manager)}
     assert described["corebase_docker"]["hooks"] == ["corebase_runtime"]
     assert described["corebase_policies"]["hooks"] == ["corebase_security_policies"]
+    assert described["corebase_templates"]["hooks"] == ["corebase_templates"]
+    assert described["corebase_pool"]["hooks"] == ["corebase_pool_strategy"]
     assert described["corebase_docker"]["version"]
 
 
@@ -68,7 +70,8 @@ def test_entry_point_plugin_loads_with_its_version(tmp_path, monkeypatch):
     assert described["cbtest_extra_templates"]["version"] == "1.2.3"
     assert described["cbtest_extra_templates"]["hooks"] == ["corebase_templates"]
     templates = collect_named(manager, "corebase_templates", settings(), "template")
-    assert [template.name for template in templates] == ["extra"]
+    assert [template.name for template in templates][-1] == "extra"
+    assert "python" in [template.name for template in templates]
 
 
 def test_autoload_off_skips_entry_points(tmp_path, monkeypatch):
@@ -134,7 +137,7 @@ def test_duplicate_template_names_name_both_plugins():
         class Provider:
             @hookimpl
             def corebase_templates(self, settings):
-                return [TemplateSpec(name="python", image="corebase-test/busybox:1", category="runtime")]
+                return [TemplateSpec(name="cbtest-dup", image="corebase-test/busybox:1", category="runtime")]
 
         provider_instance = Provider()
         return label, provider_instance
@@ -142,7 +145,7 @@ def test_duplicate_template_names_name_both_plugins():
     manager = build_plugin_manager(settings())
     for label, plugin in (provider("first_templates"), provider("second_templates")):
         manager.register(plugin, label)
-    with pytest.raises(PluginError, match="'python': first_templates and second_templates"):
+    with pytest.raises(PluginError, match="'cbtest-dup': first_templates and second_templates"):
         collect_named(manager, "corebase_templates", settings(), "template")
 
 
@@ -180,6 +183,7 @@ def hook_names() -> list[str]:
 
 def test_public_hook_names_are_pinned():
     assert hook_names() == [
+        "corebase_pool_strategy",
         "corebase_routes",
         "corebase_runtime",
         "corebase_security_policies",

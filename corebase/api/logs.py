@@ -16,6 +16,12 @@ def parse_tail(value: str | None) -> int | None:
     raise InvalidField("tail", f"tail {value!r} is invalid; use a whole number of lines or 'all'", status=400)
 
 
+def check_window(since: float | None, until: float | None) -> None:
+    """Reject a `since` later than `until`, which can match no output."""
+    if since is not None and until is not None and since > until:
+        raise InvalidField("until", "until is earlier than since; no output can match", status=400)
+
+
 def parse_log_time(field: str, value: str | None) -> float | None:
     """Read an RFC 3339 time or Unix seconds as Unix seconds."""
     if value is None or value == "":

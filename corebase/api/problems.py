@@ -54,6 +54,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"unknown field {field!r}; remove it or check its spelling against the API schema at /schema"
     if message == "missing required parameter":
         return f"the required parameter {field!r} is missing"
+    if message.startswith("Object missing required field"):
+        return f"the required field {field!r} is missing"
     if field is None:
         return f"invalid request body: {message}"
     return f"invalid value for {field!r}: {message}"
@@ -68,9 +70,9 @@ def _field_name(key: Any, message: str) -> str | None:
     path = "" if key in (None, "data", "body") else str(key).removeprefix("$.").removeprefix("$")
     # msgspec writes a dict value's position as "[...]" without the key.
     path = path.replace("[...]", "")
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
-    if unknown:
-        return f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    named = re.match(r"Object (?:contains unknown|missing required) field `([^`]+)`", message)
+    if named:
+        return f"{path}.{named.group(1)}" if path else named.group(1)
     return path or None
 
 

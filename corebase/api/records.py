@@ -8,7 +8,8 @@ from corebase.containers.tables import Container
 from corebase.runtime.types import StatsSample
 
 
-def container_record(row: Container) -> ContainerRecord:
+def container_record(row: Container, credentials: dict[str, str] | None = None) -> ContainerRecord:
+    """Build the record; `credentials` are passed only in the start response, the one time they are shown."""
     return ContainerRecord(
         id=row.id,
         docker_id=row.docker_id,
@@ -44,6 +45,8 @@ def container_record(row: Container) -> ContainerRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         removed_at=row.removed_at,
+        source=row.source,
+        credentials=credentials or None,
     )
 
 

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, MediaType, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from corebase.api.logs import parse_log_time, parse_tail
+from corebase.api.logs import check_window, parse_log_time, parse_tail
 from corebase.api.records import container_record, stats_record
 from corebase.api.schemas import (
     ContainerPage,
@@ -26,6 +26,7 @@ from corebase.api.schemas import (
 )
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
+from corebase.errors import InvalidField
 from corebase.runtime.types import LogChunk, LogOptions
 
 CallerDependency = NamedDependency[Caller]
@@ -39,7 +40,8 @@ class RuntimeController(Controller):
 
     @post("/start", status_code=HTTP_201_CREATED, summary="Create and start a container")
     async def start(self, data: JSONBody[StartRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
-        return container_record(await containers.start(caller, data))
+        started = await containers.start(caller, data)
+        return container_record(started.row, credentials=started.credentials)
 
     @post("/stop", status_code=HTTP_200_OK, summary="Stop a container, killing it after the grace period")
     async def stop(self, data: JSONBody[StopRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
@@ -106,6 +108,8 @@ class RuntimeController(Controller):
         follow: FromQuery[bool] = False,
         format: FromQuery[Literal["text", "ndjson"]] = "text",
     ) -> Stream:
+        if not stdout and not stderr:
+            raise InvalidField("stdout", "stdout and stderr are both false; select at least one stream", status=400)
         options = LogOptions(
             stdout=stdout,
             stderr=stderr,
@@ -115,10 +119,11 @@ class RuntimeController(Controller):
             until=parse_log_time("until", until),
             timestamps=timestamps,
         )
+        check_window(options.since, options.until)
         chunks = await containers.logs(caller, container_id, options)
         if format == "ndjson":
             return Stream(_ndjson(chunks), media_type="application/x-ndjson")
-        return Stream(_raw(chunks), media_type="text/plain; charset=utf-8")
+        return Stream(_raw(chunks), media_type=MediaType.TEXT)
 
     @get("/stats", summary="Read a running container's resource usage")
     async def stats(self, caller: CallerDependency, containers: ContainerServiceDependency, container_id: ContainerIdQuery) -> StatsRecord:

@@ -35,7 +35,9 @@ class MountRequest(Body):
 
 
 class StartRequest(Body):
-    image: str
+    # Exactly one of image and template.
+    image: str | None = None
+    template: str | None = None
     name: str | None = None
     project_id: str | None = None
     command: Argv | None = None
@@ -118,6 +120,10 @@ class ContainerRecord(Record):
     started_at: datetime | None
     finished_at: datetime | None
     removed_at: datetime | None
+    # "pool" when the container was claimed from a pre-warmed pool, "cold" when created for the request.
+    source: str | None = None
+    # Secrets generated for the template, in the start response only; CoreBase does not show them again.
+    credentials: dict[str, str] | None = None
 
 
 class ContainerPage(Record):

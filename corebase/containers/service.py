@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, NamedTuple
 
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
@@ -42,6 +43,11 @@ from corebase.security import Policy, PolicyRequest
 from corebase.security.policy import enforce_policies
 from corebase.settings import Settings
 from corebase.sizes import parse_size
+from corebase.templates import TemplateSpec
+from corebase.templates.catalog import TemplateCatalog
+
+if TYPE_CHECKING:
+    from corebase.pool.service import PoolService
 
 logger = logging.getLogger(__name__)
 
@@ -62,31 +68,74 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class Started(NamedTuple):
+    """A started container and the secrets generated for it, which are returned to the caller once."""
+
+    row: Container
+    credentials: dict[str, str]
+
+
+def generate_credentials(template: TemplateSpec | None) -> dict[str, str]:
+    """Return a fresh random secret for each of the template's generated environment variables."""
+    if template is None:
+        return {}
+    return {name: secrets.token_urlsafe(24) for name in template.generated_env}
+
+
 class ContainerService:
     def __init__(
         self,
         settings: Settings,
         runtime: ContainerRuntime,
         policies: list[Policy],
+        templates: TemplateCatalog,
         engine_cpus: int | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.policies = policies
+        self.templates = templates
         self.engine_cpus = engine_cpus
+        # Set by the app when pools are enabled; PoolService needs this service, so it comes later.
+        self.pool: PoolService | None = None
         self._samples: OrderedDict[str, tuple[float, StatsSample]] = OrderedDict()
 
     # --- start -------------------------------------------------------------------------------
 
-    async def start(self, caller: Caller, request: StartRequest) -> Container:
-        """Create and start a container; on any failure remove what was made and re-raise."""
-        container_id = new_container_id()
-        spec = build_spec(
-            request, self.settings, container_id=container_id, owner=caller.user, engine_cpus=self.engine_cpus
-        )
-        await enforce_policies(self.policies, PolicyRequest(spec=spec, caller=caller))
-        row = await self._insert_creating(container_id, spec, request, caller)
+    async def start(self, caller: Caller, request: StartRequest) -> Started:
+        """Start a container: claim one from the template's pool when it can, else create one.
 
+        On any failure of a cold start, whatever was made is removed and the error re-raised.
+        """
+        template = await self.templates.get(request.template) if request.template is not None else None
+        if template is not None and self.pool is not None:
+            claimed = await self.pool.claim(caller, request, template)
+            if claimed is not None:
+                return claimed
+
+        container_id = new_container_id()
+        credentials = generate_credentials(template)
+        spec = build_spec(
+            request,
+            self.settings,
+            container_id=container_id,
+            owner=caller.user,
+            engine_cpus=self.engine_cpus,
+            template=template,
+            credentials=credentials,
+        )
+        await enforce_policies(self.policies, PolicyRequest(spec=spec, caller=caller, template=request.template))
+        row = await self._insert_creating(container_id, spec, caller, project_id=request.project_id,
+                                          labels=request.labels, template=template, source="cold")
+        await self.launch(row, spec)
+        logger.info("started container %s image=%s owner=%s source=cold", row.id, spec.image, caller.user)
+        return Started(row, credentials)
+
+    async def launch(self, row: Container, spec: ContainerSpec) -> None:
+        """Create and start the engine container for a `creating` row, then store its state.
+
+        On failure the engine container is removed, the row deleted or marked failed, and the error re-raised.
+        """
         engine_id = None
         try:
             engine_id = await self.runtime.create(spec)
@@ -96,27 +145,38 @@ class ContainerService:
         except BaseException as exc:
             await asyncio.shield(self._abandon(row, engine_id, exc))
             raise
-
         _apply_state(row, state)
         await row.save()
-        logger.info(
-            "started container %s (engine %s) image=%s owner=%s", row.id, engine_id[:12], spec.image, caller.user
-        )
-        return row
 
     async def _insert_creating(
-        self, container_id: str, spec: ContainerSpec, request: StartRequest, caller: Caller
+        self,
+        container_id: str,
+        spec: ContainerSpec,
+        caller: Caller,
+        *,
+        project_id: str | None = None,
+        labels: dict[str, str] | None = None,
+        template: TemplateSpec | None = None,
+        source: str | None = None,
+        pool: str | None = None,
+        credentials: dict[str, str] | None = None,
     ) -> Container:
         now = utcnow()
         row = Container(
             id=container_id,
             name=spec.name,
             image=spec.image,
-            project_id=request.project_id,
+            template=template.name if template else None,
+            template_version=template.version if template else None,
+            project_id=project_id,
             owner=caller.user,
             status="creating",
-            command=request.command,
-            labels=dict(request.labels),
+            source=source,
+            pool=pool,
+            pool_state="warming" if pool else None,
+            pending_credentials=credentials if pool else None,
+            command=spec.command,
+            labels=dict(labels or {}),
             ports=[],
             tty=spec.tty,
             memory=spec.memory,
@@ -248,8 +308,10 @@ class ContainerService:
         return row
 
     async def remove(self, caller: Caller, reference: str, force: bool) -> Container:
-        row = await self._find(caller, reference)
-        if row.docker_id is not None:
+        row = await self._find(caller, reference, include_removed=True)
+        if row.status == "removed":
+            raise ContainerNotFound(reference, f"container {reference!r} was removed already")
+        if row.docker_id is not None and row.status != "failed":
             try:
                 async with self._engine_errors(row):
                     await self.runtime.remove(row.docker_id, force=force)
@@ -344,9 +406,9 @@ class ContainerService:
             )
         if row is None:
             raise ContainerNotFound(reference)
-        if not include_removed and row.status in ("removed", "failed"):
-            raise ContainerNotFound(reference, f"container {reference!r} is {row.status}; it can no longer be used")
-        if not include_removed and row.docker_id is None:
+        if not include_removed and row.status == "removed":
+            raise ContainerNotFound(reference, f"container {reference!r} was removed; it can no longer be used")
+        if not include_removed and (row.docker_id is None or row.status == "failed"):
             raise ContainerNotRunning(row.id, row.status)
         return row
 
@@ -382,10 +444,14 @@ def _select():
 
 
 def _visible_to(caller: Caller):
-    """Build the condition for rows a caller may see: all of them for an admin, otherwise their own."""
+    """Build the condition for rows a caller may see: all of them for an admin, otherwise their own.
+
+    Pool members waiting to be claimed belong to no caller, so nobody sees them here.
+    """
+    unpooled = Container.pool_state.is_null()
     if caller.is_admin:
-        return Container.id.is_not_null()
-    return Container.owner == caller.user
+        return unpooled
+    return unpooled & (Container.owner == caller.user)
 
 
 def _write_transaction():
@@ -404,7 +470,7 @@ def _apply_state(row: Container, state: ContainerState) -> bool:
         "oom_killed": state.oom_killed if ended else False,
         "started_at": state.started_at,
         "finished_at": state.finished_at if ended else None,
-        "ports": [_port_json(port) for port in state.ports] or row.ports,
+        "ports": [_port_json(port) for port in sorted(state.ports, key=_port_order)] or row.ports,
     }
     if state.error:
         values["error"] = state.error
@@ -414,6 +480,10 @@ def _apply_state(row: Container, state: ContainerState) -> bool:
     if changed or row.status == "creating":
         row.updated_at = utcnow()
     return bool(changed)
+
+
+def _port_order(port) -> tuple:
+    return (port.container_port, port.protocol, port.host_ip)
 
 
 def _port_json(port) -> dict:

@@ -14,6 +14,7 @@ from corebase.errors import InvalidField
 from corebase.runtime.types import ContainerSpec, MountSpec, PortBinding
 from corebase.settings import Settings
 from corebase.sizes import format_size, parse_size
+from corebase.templates import TemplateSpec
 
 # The engine refuses memory limits below 6 MiB.
 ENGINE_MIN_MEMORY = 6 * 1024 * 1024
@@ -26,13 +27,19 @@ IMAGE_PATTERN = re.compile(
     r"^(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+CONTAINER_ID_PATTERN = re.compile(r"^ctr_[0-9a-f]{16}$")
 ENV_NAME_PATTERN = re.compile(r"^[^=\0]+$")
 PORT_KEY_PATTERN = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
 RESERVED_LABEL_PREFIX = "corebase."
 PROJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
+# Stands in for a template when a request names an image, so every default reads from one place.
+_NO_TEMPLATE = TemplateSpec(name="", image="", category="custom")
+
 LABEL_ID = "corebase.id"
 LABEL_OWNER = "corebase.owner"
+LABEL_TEMPLATE = "corebase.template"
+LABEL_TEMPLATE_VERSION = "corebase.template_version"
 LABEL_PROJECT = "corebase.project"
 LABEL_MANAGED = "corebase.managed"
 
@@ -44,15 +51,23 @@ def build_spec(
     container_id: str,
     owner: str,
     engine_cpus: int | None = None,
+    template: TemplateSpec | None = None,
+    credentials: dict[str, str] | None = None,
 ) -> ContainerSpec:
-    """Validate `request` and fill in CoreBase's hardened defaults; raise InvalidField on the first bad field."""
+    """Validate `request` and fill in the template's values and CoreBase's hardened defaults.
+
+    Request fields override the template's, within the template's limits. `credentials` are the
+    generated secrets for the template's `generated_env`. Raises InvalidField on the first bad field.
+    """
     limits = settings.containers
     name = request.name if request.name is not None else f"cb-{container_id.removeprefix('ctr_')}"
+    image = _choose_image(request, template)
 
-    _check_name(name)
-    _check_image(request.image)
+    check_name(name)
+    _check_image(image)
     _check_project(request.project_id)
     _check_env(request.env)
+    _check_workdir(request.workdir)
     _check_labels(request.labels)
 
     labels = {
@@ -63,21 +78,27 @@ def build_spec(
     }
     if request.project_id:
         labels[LABEL_PROJECT] = request.project_id
+    if template is not None:
+        labels[LABEL_TEMPLATE] = template.name
+        labels[LABEL_TEMPLATE_VERSION] = str(template.version)
 
+    defaults = template or _NO_TEMPLATE
+    template_ports = {str(port): None for port in defaults.ports}
     return ContainerSpec(
-        image=request.image,
+        image=image,
         name=name,
         labels=labels,
-        command=request.command,
+        command=request.command if request.command is not None else defaults.command,
         entrypoint=request.entrypoint,
-        env=dict(request.env),
-        ports=_port_bindings(request.ports, limits.publish_host_ip),
+        env={**defaults.env, **(credentials or {}), **request.env},
+        ports=_port_bindings({**template_ports, **request.ports}, limits.publish_host_ip),
         mounts=[*_mounts(request), *_volume_mounts(request.volumes)],
-        workdir=request.workdir,
-        user=request.user,
+        workdir=request.workdir if request.workdir is not None else defaults.workdir,
+        user=request.user if request.user is not None else defaults.user,
         tty=request.tty,
-        memory=memory_limit(request.memory, settings),
-        nano_cpus=cpu_limit(request.cpus, settings, engine_cpus),
+        memory=memory_limit(request.memory, settings, defaults.memory, defaults.max_memory),
+        nano_cpus=cpu_limit(request.cpus, settings, engine_cpus, defaults.cpus, defaults.max_cpus),
+        healthcheck=defaults.healthcheck,
         pids_limit=limits.pids_limit,
         cap_drop=["ALL"],
         cap_add=list(limits.cap_add),
@@ -90,11 +111,18 @@ def build_spec(
     )
 
 
-def memory_limit(value: int | str | None, settings: Settings) -> int:
-    """Return the memory limit in bytes, the configured default when `value` is None."""
+def memory_limit(
+    value: int | str | None, settings: Settings, default: int | None = None, ceiling: int | None = None
+) -> int:
+    """Return the memory limit in bytes: `value`, else the template's `default`, else the configured one.
+
+    The largest allowed is the configured maximum, or the template's `ceiling` when that is lower.
+    """
     maximum = parse_size(settings.containers.max_memory)
+    if ceiling is not None:
+        maximum = min(maximum, ceiling)
     if value is None:
-        return min(parse_size(settings.containers.default_memory), maximum)
+        return min(default or parse_size(settings.containers.default_memory), maximum)
 
     try:
         size = parse_size(value)
@@ -114,13 +142,25 @@ def memory_limit(value: int | str | None, settings: Settings) -> int:
     return size
 
 
-def cpu_limit(value: float | None, settings: Settings, engine_cpus: int | None) -> int:
-    """Return the CPU limit in nano-CPUs, the configured default when `value` is None."""
+def cpu_limit(
+    value: float | None,
+    settings: Settings,
+    engine_cpus: int | None,
+    default: float | None = None,
+    ceiling: float | None = None,
+) -> int:
+    """Return the CPU limit in nano-CPUs: `value`, else the template's `default`, else the configured one.
+
+    The largest allowed is the lowest of the configured maximum, the engine's CPU count and the
+    template's `ceiling`.
+    """
     maximum = settings.containers.max_cpus
     if engine_cpus:
         maximum = min(maximum, float(engine_cpus))
+    if ceiling is not None:
+        maximum = min(maximum, ceiling)
     if value is None:
-        return int(min(settings.containers.default_cpus, maximum) * NANO_CPUS)
+        return int(min(default or settings.containers.default_cpus, maximum) * NANO_CPUS)
     if not value > 0:
         raise InvalidField("cpus", f"cpus {value} must be above 0, for example 0.5 or 2")
     if value < 0.01:
@@ -130,7 +170,19 @@ def cpu_limit(value: float | None, settings: Settings, engine_cpus: int | None) 
     return int(round(value * NANO_CPUS))
 
 
-def _check_name(name: str) -> None:
+def _choose_image(request: StartRequest, template: TemplateSpec | None) -> str:
+    if template is not None:
+        if request.image is not None:
+            raise InvalidField("image", "give either image or template, not both; a template brings its own image")
+        return template.image
+    if request.image is None:
+        raise InvalidField("image", "image is missing; name an image such as 'python:3.12-slim', or a template")
+    return request.image
+
+
+def check_name(name: str) -> None:
+    if CONTAINER_ID_PATTERN.match(name):
+        raise InvalidField("name", f"name {name!r} has the form of a CoreBase id; choose a name that does not start with 'ctr_'")
     if not NAME_PATTERN.match(name):
         raise InvalidField(
             "name",
@@ -145,6 +197,11 @@ def _check_image(image: str) -> None:
             f"image {image!r} is not a valid image reference; use a form such as 'python:3.12-slim' "
             "or 'registry.example.com:5000/team/app:1.0'",
         )
+
+
+def _check_workdir(workdir: str | None) -> None:
+    if workdir is not None and not workdir.startswith("/"):
+        raise InvalidField("workdir", f"workdir {workdir!r} must be an absolute path, such as /app")
 
 
 def _check_project(project_id: str | None) -> None:

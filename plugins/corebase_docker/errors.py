@@ -19,6 +19,7 @@ from corebase.errors import (
     ApiError,
     ContainerNotFound,
     ContainerStartRejected,
+    PortInUse,
     ContainerNotRunning,
     EngineError,
     EngineTimeout,
@@ -113,13 +114,19 @@ _START_FAILURES = (
 )
 
 
-def start_rejection(exc: aiodocker.DockerError) -> ContainerStartRejected | None:
+# Fragments of the engine's message when a published host port is taken (docker-proxy or the
+# kernel's bind error).
+_PORT_TAKEN = ("port is already allocated", "address already in use")
+
+
+def start_rejection(exc: aiodocker.DockerError) -> ApiError | None:
     """Return the client error for a start the engine refused because of the spec, else None."""
     message = exc.message or ""
-    from_runtime = "starting container process" in message or "OCI runtime" in message
-    if exc.status not in (400, 500) or not from_runtime:
-        return None
     lowered = message.lower()
+    if exc.status not in (400, 500):
+        return None
+    if any(fragment in lowered for fragment in _PORT_TAKEN):
+        return PortInUse(message)
     for fragment, field in _START_FAILURES:
         if fragment in lowered:
             return ContainerStartRejected(field, _short_reason(message))

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 TEST_LABEL = "corebase.test"
 TEST_IMAGE = "corebase-test/busybox:1"
+TOOLBOX_IMAGE = "corebase-test/toolbox:1"
 BUSYBOX_BINARY = Path("/bin/busybox")
 
 _DOCKERFILE = b"""\
@@ -74,6 +75,51 @@ async def ensure_test_image(docker: aiodocker.Docker | None = None, tag: str = T
             forcerm=True,
         )
         # Checked here too, in case the installed aiodocker returns stream errors instead of raising them.
+        for message in messages:
+            if "error" in message or "errorDetail" in message:
+                raise aiodocker.DockerError(500, f"building {tag} failed: {message}")
+        return tag
+    finally:
+        if docker is None:
+            await client.close()
+
+
+# Stand-ins for the programs the built-in templates' health checks run, so every built-in template
+# can start, pass its health check and be pooled with a local image. Each exits 0; redis-cli
+# prints PONG the way `redis-cli ping` does.
+_TOOLBOX_DOCKERFILE = f"""\
+FROM {TEST_IMAGE}
+RUN for tool in node python pg_isready nginx; do printf '#!/bin/sh\\nexit 0\\n' > /bin/$tool; chmod 755 /bin/$tool; done \\
+ && printf '#!/bin/sh\\necho PONG\\n' > /bin/redis-cli && chmod 755 /bin/redis-cli
+CMD ["sleep", "infinity"]
+""".encode()
+
+
+async def ensure_toolbox_image(docker: aiodocker.Docker | None = None, tag: str = TOOLBOX_IMAGE) -> str:
+    """Build the toolbox image (the busybox image plus health-check stand-ins) unless it exists; return the tag."""
+    client = docker or aiodocker.Docker()
+    try:
+        try:
+            await client.images.inspect(tag)
+            return tag
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise
+        await ensure_test_image(client)
+
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            dockerfile = tarfile.TarInfo("Dockerfile")
+            dockerfile.size = len(_TOOLBOX_DOCKERFILE)
+            archive.addfile(dockerfile, io.BytesIO(_TOOLBOX_DOCKERFILE))
+        messages = await client.images.build(
+            fileobj=io.BytesIO(buffer.getvalue()),
+            encoding="identity",
+            tag=tag,
+            labels={TEST_LABEL: "true"},
+            rm=True,
+            forcerm=True,
+        )
         for message in messages:
             if "error" in message or "errorDetail" in message:
                 raise aiodocker.DockerError(500, f"building {tag} failed: {message}")

@@ -1,0 +1,170 @@
+"""/api/runtime/templates: list, read, create, update (new version) and delete templates."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, delete, get, post, put
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from corebase.api.schemas import Body, Record
+from corebase.auth.caller import Caller
+from corebase.runtime.types import HealthCheck
+from corebase.templates import TemplateCategory, TemplateSpec
+from corebase.templates.catalog import TemplateCatalog
+from corebase.templates.validation import build_template
+
+
+class HealthCheckBody(Body):
+    test: list[str]
+    interval: float = 2.0
+    timeout: float = 5.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+class TemplateBody(Body):
+    """A custom template. Sizes are bytes or strings such as "512m"; ports are container ports."""
+
+    name: str
+    image: str
+    category: TemplateCategory = "custom"
+    description: str = ""
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    ports: list[int] = []
+    memory: int | str | None = None
+    cpus: float | None = None
+    max_memory: int | str | None = None
+    max_cpus: float | None = None
+    healthcheck: HealthCheckBody | None = None
+    generated_env: list[str] = []
+    workdir: str | None = None
+    user: str | None = None
+
+
+class TemplateUpdateBody(Body):
+    """The new version of a template; every field of the previous version is replaced."""
+
+    image: str
+    category: TemplateCategory = "custom"
+    description: str = ""
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    ports: list[int] = []
+    memory: int | str | None = None
+    cpus: float | None = None
+    max_memory: int | str | None = None
+    max_cpus: float | None = None
+    healthcheck: HealthCheckBody | None = None
+    generated_env: list[str] = []
+    workdir: str | None = None
+    user: str | None = None
+
+
+class HealthCheckRecord(Record):
+    test: list[str]
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float
+
+
+class TemplateRecord(Record):
+    name: str
+    version: int
+    category: str
+    image: str
+    description: str
+    command: list[str] | None
+    env: dict[str, str]
+    ports: list[int]
+    memory: int | None
+    cpus: float | None
+    max_memory: int | None
+    max_cpus: float | None
+    healthcheck: HealthCheckRecord | None
+    generated_env: list[str]
+    workdir: str | None
+    user: str | None
+    builtin: bool
+    owner: str | None
+    versions: list[int] | None = None
+
+
+def template_record(template: TemplateSpec, versions: list[int] | None = None) -> TemplateRecord:
+    fields = msgspec.structs.asdict(template)
+    check = fields.pop("healthcheck")
+    return TemplateRecord(
+        **fields,
+        healthcheck=HealthCheckRecord(**msgspec.structs.asdict(check)) if check else None,
+        versions=versions,
+    )
+
+
+class TemplateController(Controller):
+    path = "/api/runtime/templates"
+    tags = ["templates"]
+
+    @get("/", summary="List templates, built-in and custom, optionally by category")
+    async def list_templates(
+        self,
+        state: State,
+        caller: NamedDependency[Caller],
+        category: Annotated[
+            Literal["runtime", "database", "static", "system", "custom"] | None, QueryParameter()
+        ] = None,
+    ) -> list[TemplateRecord]:
+        catalog: TemplateCatalog = state.templates
+        return [template_record(template) for template in await catalog.list(category)]
+
+    @get("/{name:str}", summary="Read a template, the latest version unless ?version= names another")
+    async def get_template(
+        self,
+        state: State,
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        version: Annotated[int | None, QueryParameter(ge=1)] = None,
+    ) -> TemplateRecord:
+        catalog: TemplateCatalog = state.templates
+        template = await catalog.get(name, version)
+        return template_record(template, await catalog.versions(name))
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Create a custom template owned by the caller")
+    async def create_template(
+        self, state: State, caller: NamedDependency[Caller], data: JSONBody[TemplateBody]
+    ) -> TemplateRecord:
+        catalog: TemplateCatalog = state.templates
+        template = build_template(state.context.settings, **_fields(data))
+        return template_record(await catalog.create(caller, template))
+
+    @put("/{name:str}", summary="Store a new version of a custom template; earlier versions stay")
+    async def update_template(
+        self, state: State, caller: NamedDependency[Caller], name: FromPath[str], data: JSONBody[TemplateUpdateBody]
+    ) -> TemplateRecord:
+        catalog: TemplateCatalog = state.templates
+        template = build_template(state.context.settings, name=name, **_fields(data))
+        stored = await catalog.update(caller, name, template)
+        return template_record(stored, await catalog.versions(name))
+
+    @delete(
+        "/{name:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a custom template; refused while a pool or container uses it unless force=true",
+    )
+    async def delete_template(
+        self, state: State, caller: NamedDependency[Caller], name: FromPath[str], force: FromQuery[bool] = False
+    ) -> None:
+        catalog: TemplateCatalog = state.templates
+        await catalog.delete(caller, name, force)
+
+
+def _fields(body: TemplateBody | TemplateUpdateBody) -> dict:
+    fields = msgspec.structs.asdict(body)
+    check = fields.pop("healthcheck")
+    fields["healthcheck"] = HealthCheck(**msgspec.structs.asdict(check)) if check else None
+    return fields
