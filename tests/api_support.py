@@ -99,3 +99,12 @@ async def wait_until_ended(client: httpx.AsyncClient, container_id: str, limit: 
         if record["status"] in ("exited", "dead") or time.monotonic() > deadline:
             return record
         await asyncio.sleep(0.2)
+
+
+BUILTIN_TEMPLATE_NAMES = ("node", "python", "postgres", "redis", "nginx", "ubuntu")
+
+
+def toolbox_template_env(toolbox_image: str) -> dict[str, str]:
+    """Settings that point every built-in template at the local toolbox image."""
+    images = ",".join(f"{name}={toolbox_image}" for name in BUILTIN_TEMPLATE_NAMES)
+    return {"COREBASE_TEMPLATES_IMAGES": images}

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiodocker
 import pytest
 
-from support.images import ensure_test_image
+from support.images import ensure_test_image, ensure_toolbox_image
 from support.services import require_engine, service_address
 
 _FIXTURE_FOR_MARKER = {
@@ -62,6 +62,12 @@ async def docker(docker_available: None) -> AsyncIterator[aiodocker.Docker]:
 async def test_image(docker_available: None) -> str:
     """Tag of the local busybox test image, built once if the engine does not have it."""
     return await ensure_test_image()
+
+
+@pytest.fixture(scope="session")
+async def toolbox_image(docker_available: None) -> str:
+    """Tag of the toolbox image: busybox plus stand-ins for the built-in templates' health-check programs."""
+    return await ensure_toolbox_image()
 
 
 @pytest.fixture(autouse=True)
