@@ -108,3 +108,25 @@ def toolbox_template_env(toolbox_image: str) -> dict[str, str]:
     """Settings that point every built-in template at the local toolbox image."""
     images = ",".join(f"{name}={toolbox_image}" for name in BUILTIN_TEMPLATE_NAMES)
     return {"COREBASE_TEMPLATES_IMAGES": images}
+
+
+async def remove_server_containers(data_dir: Path) -> None:
+    """Remove every engine container whose corebase.id is in a SQLite server's database, pool members included."""
+    import sqlite3
+
+    database = data_dir / "corebase.sqlite"
+    if not database.exists():
+        return
+    with sqlite3.connect(database) as connection:
+        ids = {row[0] for row in connection.execute("SELECT id FROM containers")}
+    docker = aiodocker.Docker()
+    try:
+        for container in await docker.containers.list(all=True, filters={"label": ["corebase.managed=true"]}):
+            if container._container.get("Labels", {}).get("corebase.id") in ids:
+                try:
+                    await container.delete(force=True, v=True)
+                except aiodocker.DockerError as exc:
+                    if exc.status != 404:
+                        raise
+    finally:
+        await docker.close()

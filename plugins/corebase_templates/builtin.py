@@ -98,5 +98,6 @@ BUILTIN_TEMPLATES = (
         cpus=1.0,
         max_memory=4096 * MIB,
         max_cpus=4.0,
+        healthcheck=HealthCheck(test=["sh", "-c", "exit 0"], interval=2.0, timeout=5.0, retries=3),
     ),
 )

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 TEST_LABEL = "corebase.test"
 TEST_IMAGE = "corebase-test/busybox:1"
-TOOLBOX_IMAGE = "corebase-test/toolbox:1"
+TOOLBOX_IMAGE = "corebase-test/toolbox:2"
 BUSYBOX_BINARY = Path("/bin/busybox")
 
 _DOCKERFILE = b"""\
@@ -85,12 +85,13 @@ async def ensure_test_image(docker: aiodocker.Docker | None = None, tag: str = T
 
 
 # Stand-ins for the programs the built-in templates' health checks run, so every built-in template
-# can start, pass its health check and be pooled with a local image. Each exits 0; redis-cli
-# prints PONG the way `redis-cli ping` does.
+# can start, pass its health check and be pooled with a local image. Each exits 0, redis-cli
+# prints PONG the way `redis-cli ping` does, and redis-server sleeps in place of the server.
 _TOOLBOX_DOCKERFILE = f"""\
 FROM {TEST_IMAGE}
 RUN for tool in node python pg_isready nginx; do printf '#!/bin/sh\\nexit 0\\n' > /bin/$tool; chmod 755 /bin/$tool; done \\
- && printf '#!/bin/sh\\necho PONG\\n' > /bin/redis-cli && chmod 755 /bin/redis-cli
+ && printf '#!/bin/sh\\necho PONG\\n' > /bin/redis-cli && chmod 755 /bin/redis-cli \\
+ && printf '#!/bin/sh\\nexec sleep infinity\\n' > /bin/redis-server && chmod 755 /bin/redis-server
 CMD ["sleep", "infinity"]
 """.encode()
 
