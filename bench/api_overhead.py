@@ -27,36 +27,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
-import shlex
 import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiodocker
-import aiohttp
 import httpx
 
-REPOSITORY = Path(__file__).resolve().parent.parent
-# The test image builder lives with the tests, which import it as the `support` package.
-sys.path.insert(0, str(REPOSITORY / "tests"))
-from support.images import ensure_test_image  # noqa: E402
+from harness import (
+    REQUEST_TIMEOUT,
+    RUN_LABEL,
+    Server,
+    StartBench,
+    check_engine_address,
+    command_line,
+    elapsed_ms,
+    engine_client,
+    format_machine,
+    machine_facts,
+    prepare_replay,
+    remove_run_containers,
+    start_server,
+    stop_server,
+    summarize,
+    wait_until_healthy,
+)
+# Importing harness puts tests/ on sys.path, where the test image builder lives.
+from support.images import ensure_test_image
 
-RUN_LABEL = "corebase-bench.run"
-# Raw containers carry CoreBase's labels under this prefix instead of `corebase.`, with the same
-# count and similar sizes, so CoreBase's label filter `corebase.managed=true` does not match them.
-RAW_LABEL_PREFIX = "corebase-bench.raw."
 CONTAINER_COMMAND = ["sleep", "900"]
 EXEC_COMMAND = ["echo", "hi"]
 EXEC_OUTPUT = "hi\n"
@@ -64,245 +69,15 @@ EXEC_OUTPUT = "hi\n"
 # Maximum ratio of API p50 to raw p50 for each operation.
 TARGETS = {"cold start": 1.15, "exec": 1.3}
 
-# Seconds the server gets to respond to /health after it was started.
-SERVER_START_TIMEOUT = 60.0
-# Seconds the server gets to shut down after SIGTERM before it is killed.
-SERVER_STOP_TIMEOUT = 30.0
-# Seconds one API request, one engine request or one whole raw exec may take.
-REQUEST_TIMEOUT = 60.0
 # Inspections of a finished exec before its missing exit code counts as an error.
 EXIT_CODE_ATTEMPTS = 100
-
-# Config fields of an inspected container that the create endpoint takes back unchanged.
-# Hostname is left out because the engine derives it from the new container's id.
-REPLAYED_CONFIG_FIELDS = (
-    "Image",
-    "Cmd",
-    "Entrypoint",
-    "Env",
-    "Labels",
-    "Tty",
-    "OpenStdin",
-    "StdinOnce",
-    "AttachStdin",
-    "AttachStdout",
-    "AttachStderr",
-    "WorkingDir",
-    "User",
-    "ExposedPorts",
-    "Volumes",
-    "StopSignal",
-    "StopTimeout",
-)
-
-
-# --- the server under test -----------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    base_url: str
-    admin_key: str
-    log_path: Path
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as exc:
-            return f"(cannot read {self.log_path}: {exc})"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def server_command(port: int, data_dir: Path) -> list[str]:
-    """Return the `corebase serve` command line, preferring the console script beside this interpreter."""
-    script = Path(sys.executable).with_name("corebase")
-    program = [str(script)] if script.is_file() else [sys.executable, "-m", "corebase"]
-    return [*program, "serve", "--port", str(port), "--data-dir", str(data_dir)]
-
-
-def start_server(data_dir: Path) -> Server:
-    """Start `corebase serve` on a free loopback port, logging to a file in `data_dir`.
-
-    The server runs in its own session, so a Ctrl-C in the terminal reaches only this script, which
-    then stops the server itself.
-    """
-    port = free_port()
-    admin_key = "cbk_bench_" + secrets.token_urlsafe(24)
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("COREBASE_")}
-    environment["COREBASE_ADMIN_API_KEY"] = admin_key
-    log_path = data_dir / "server.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            server_command(port, data_dir),
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(process, f"http://127.0.0.1:{port}", admin_key, log_path)
-
-
-async def wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"corebase serve exited with code {server.process.returncode}; its log ends with:\n"
-                    + server.log_tail()
-                )
-            try:
-                response = await client.get("/health")
-                if response.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(
-        f"corebase serve did not respond to /health within {SERVER_START_TIMEOUT:g} s; its log ends with:\n"
-        + server.log_tail()
-    )
-
-
-def stop_server(server: Server) -> None:
-    """Stop the server with SIGTERM, then SIGKILL after SERVER_STOP_TIMEOUT seconds."""
-    if server.process.poll() is not None:
-        return
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=SERVER_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        print(f"corebase serve (pid {server.process.pid}) ignored SIGTERM; killing it", file=sys.stderr)
-        server.process.kill()
-        server.process.wait()
-
-
-# --- engine facts and the replayed create body ---------------------------------------------
-
-
-async def machine_facts(docker: aiodocker.Docker) -> dict[str, Any]:
-    info = await docker.system.info()
-    version = await docker.version()
-    return {
-        "cpus": os.cpu_count(),
-        "engineCpus": info.get("NCPU"),
-        "memoryBytes": info.get("MemTotal"),
-        "engineVersion": info.get("ServerVersion"),
-        "engineApiVersion": version.get("ApiVersion"),
-        "cgroupVersion": info.get("CgroupVersion"),
-        "cgroupDriver": info.get("CgroupDriver"),
-        "storageDriver": info.get("Driver"),
-        "kernel": info.get("KernelVersion"),
-        "os": info.get("OperatingSystem"),
-        "python": sys.version.split()[0],
-    }
-
-
-def raw_labels(api_labels: dict[str, str], image_labels: dict[str, str]) -> dict[str, str]:
-    """Return the labels for a raw container, given the labels of an API-created one.
-
-    Labels the image itself sets are dropped, because the engine adds them again. `corebase.*`
-    labels move under RAW_LABEL_PREFIX, and the CoreBase id gets a fresh value of the same length.
-    """
-    labels = {}
-    for key, value in api_labels.items():
-        if image_labels.get(key) == value:
-            continue
-        if key.startswith("corebase."):
-            suffix = key.removeprefix("corebase.")
-            if suffix == "id":
-                value = "ctr_" + secrets.token_hex(8)
-            labels[RAW_LABEL_PREFIX + suffix] = value
-        else:
-            labels[key] = value
-    return labels
-
-
-def replay_body(inspected: dict[str, Any], image_labels: dict[str, str]) -> dict[str, Any]:
-    """Return a create body equal to the one that produced the inspected container, apart from labels."""
-    config = inspected["Config"]
-    body = {name: config[name] for name in REPLAYED_CONFIG_FIELDS if name in config}
-    body["Labels"] = raw_labels(config.get("Labels") or {}, image_labels)
-    body["HostConfig"] = dict(inspected["HostConfig"])
-    return body
-
-
-def config_differences(api: dict[str, Any], raw: dict[str, Any]) -> list[str]:
-    """Name the Config and HostConfig fields in which two inspected containers differ.
-
-    Hostname and the label values are expected to differ and are compared by count only.
-    """
-    differences = []
-    for section, ignored in (("Config", {"Hostname", "Labels"}), ("HostConfig", set())):
-        left, right = api[section], raw[section]
-        for name in sorted(set(left) | set(right)):
-            if name not in ignored and left.get(name) != right.get(name):
-                differences.append(f"{section}.{name}: api {left.get(name)!r}, raw {right.get(name)!r}")
-    api_labels = api["Config"].get("Labels") or {}
-    raw_labels_found = raw["Config"].get("Labels") or {}
-    if len(api_labels) != len(raw_labels_found):
-        differences.append(f"Config.Labels: api has {len(api_labels)} labels, raw has {len(raw_labels_found)}")
-    return differences
 
 
 # --- the timed operations ------------------------------------------------------------------
 
 
-def elapsed_ms(started: int) -> float:
-    return (time.perf_counter_ns() - started) / 1e6
-
-
-@dataclass
-class Bench:
-    run_id: str
-    client: httpx.AsyncClient
-    docker: aiodocker.Docker
-    image: str
-    raw_body: dict[str, Any] = field(default_factory=dict)
-
-    def start_body(self) -> dict[str, Any]:
-        return {"image": self.image, "command": CONTAINER_COMMAND, "labels": {RUN_LABEL: self.run_id}}
-
-    async def api_start(self) -> tuple[float, dict[str, Any]]:
-        """Start a container through the API; return the time in ms and the response record."""
-        body = self.start_body()
-        started = time.perf_counter_ns()
-        response = await self.client.post("/api/runtime/start", json=body)
-        duration = elapsed_ms(started)
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /api/runtime/start failed with {response.status_code}: {response.text}")
-        record = response.json()
-        if record.get("status") != "running":
-            raise RuntimeError(f"POST /api/runtime/start returned status {record.get('status')!r}, expected 'running'")
-        return duration, record
-
-    async def api_remove(self, container_id: str) -> None:
-        response = await self.client.post("/api/runtime/remove", json={"containerId": container_id, "force": True})
-        if response.status_code != 200:
-            raise RuntimeError(
-                f"POST /api/runtime/remove of {container_id} failed with {response.status_code}: {response.text}"
-            )
-
-    async def raw_start(self) -> tuple[float, str]:
-        """Create and start a container with the replayed body; return the time in ms and the engine id."""
-        labels = {**self.raw_body["Labels"], RAW_LABEL_PREFIX + "id": "ctr_" + secrets.token_hex(8)}
-        body = {**self.raw_body, "Labels": labels}
-        name = "cbbench-" + secrets.token_hex(8)
-        started = time.perf_counter_ns()
-        container = await self.docker.containers.create(body, name=name)
-        await container.start()
-        duration = elapsed_ms(started)
-        return duration, container.id
-
-    async def raw_remove(self, engine_id: str) -> None:
-        await self.docker.containers.container(engine_id).delete(force=True, v=True)
+class Bench(StartBench):
+    """Cold starts from StartBench, plus an exec through the API and through the engine."""
 
     async def api_exec(self, container_id: str) -> float:
         body = {"containerId": container_id, "command": EXEC_COMMAND}
@@ -395,39 +170,7 @@ async def measure_execs(bench: Bench, runs: int, warmup: int) -> dict[str, list[
         await bench.raw_remove(engine_id)
 
 
-async def prepare_replay(bench: Bench) -> list[str]:
-    """Derive the raw create body from an API-started container; return where the two configs differ."""
-    _, record = await bench.api_start()
-    try:
-        api_inspected = await bench.docker.containers.container(record["dockerId"]).show()
-        image = await bench.docker.images.inspect(bench.image)
-        image_labels = (image.get("Config") or {}).get("Labels") or {}
-        bench.raw_body = replay_body(api_inspected, image_labels)
-
-        _, engine_id = await bench.raw_start()
-        try:
-            raw_inspected = await bench.docker.containers.container(engine_id).show()
-        finally:
-            await bench.raw_remove(engine_id)
-    finally:
-        await bench.api_remove(record["id"])
-    return config_differences(api_inspected, raw_inspected)
-
-
-# --- statistics and the report -------------------------------------------------------------
-
-
-def summarize(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    # With method="inclusive" the 9th decile interpolates between observed values, like numpy's default.
-    deciles = statistics.quantiles(ordered, n=10, method="inclusive")
-    return {
-        "p50": statistics.median(ordered),
-        "p90": deciles[8],
-        "mean": statistics.fmean(ordered),
-        "min": ordered[0],
-        "max": ordered[-1],
-    }
+# --- the report ----------------------------------------------------------------------------
 
 
 def compare(name: str, samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -468,81 +211,6 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_machine(facts: dict[str, Any]) -> str:
-    memory_gib = (facts["memoryBytes"] or 0) / 2**30
-    return "\n".join(
-        [
-            f"CPUs: {facts['cpus']} (engine reports {facts['engineCpus']}), memory {memory_gib:.1f} GiB",
-            f"engine: Docker {facts['engineVersion']} (API {facts['engineApiVersion']}), "
-            f"cgroup v{facts['cgroupVersion']} ({facts['cgroupDriver']}), storage driver {facts['storageDriver']}",
-            f"kernel: {facts['kernel']}, {facts['os']}, Python {facts['python']}",
-        ]
-    )
-
-
-def command_line() -> str:
-    """Return the command that started this script, with the interpreter relative to the working directory."""
-    interpreter = sys.executable
-    try:
-        relative = os.path.relpath(interpreter)
-        if not relative.startswith(".."):
-            interpreter = relative
-    except ValueError:
-        pass
-    return shlex.join([interpreter, *sys.argv])
-
-
-# --- clean-up ------------------------------------------------------------------------------
-
-
-async def remove_run_containers(run_id: str) -> int:
-    """Remove every container labelled with this run's id; return how many were removed.
-
-    Lists again after removing, at most three rounds, in case a create that was in flight when the
-    run stopped has completed since.
-    """
-    removed = 0
-    docker = engine_client()
-    try:
-        for _ in range(3):
-            containers = await docker.containers.list(all=True, filters={"label": [f"{RUN_LABEL}={run_id}"]})
-            if not containers:
-                break
-            for container in containers:
-                try:
-                    await container.delete(force=True, v=True)
-                    removed += 1
-                except aiodocker.DockerError as exc:
-                    if exc.status != 404:
-                        print(
-                            f"removing container {container.id[:12]} failed: {exc}; "
-                            f"remove it with 'docker rm -f {container.id[:12]}'",
-                            file=sys.stderr,
-                        )
-            await asyncio.sleep(0.5)
-    finally:
-        await docker.close()
-    return removed
-
-
-def engine_client() -> aiodocker.Docker:
-    """Return an aiodocker client whose requests time out after REQUEST_TIMEOUT seconds.
-
-    Streams, such as an attached exec, have no timeout in aiodocker; raw_exec bounds its own.
-    """
-    return aiodocker.Docker(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
-
-
-def check_engine_address() -> None:
-    """Exit unless the engine is reached through a local socket or a loopback address."""
-    address = os.environ.get("DOCKER_HOST", "")
-    if not address or address.startswith("unix://"):
-        return
-    host = urlsplit(address).hostname or ""
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        sys.exit(f"DOCKER_HOST={address} is not a local engine; this benchmark talks only to loopback addresses")
-
-
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -569,7 +237,7 @@ async def benchmark(args: argparse.Namespace, run: Run) -> dict[str, Any]:
 
         headers = {"Authorization": f"Bearer {run.server.admin_key}"}
         async with httpx.AsyncClient(base_url=run.server.base_url, headers=headers, timeout=REQUEST_TIMEOUT) as client:
-            bench = Bench(run.run_id, client, docker, image)
+            bench = Bench(run.run_id, client, docker, image, CONTAINER_COMMAND)
             differences = await prepare_replay(bench)
             if differences:
                 raise RuntimeError(
