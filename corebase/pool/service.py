@@ -53,6 +53,8 @@ DEMAND_BUCKETS = 6
 LATENCY_SAMPLE = 1000
 # Seconds between two readiness checks of a warming member.
 READY_POLL_INTERVAL = 0.1
+# Seconds after which a member still marked "claimed" belongs to a claim whose process died.
+STALLED_CLAIM = 60.0
 # Idle members the claim tries before it gives up and falls back to a cold start.
 CLAIM_ATTEMPTS = 3
 
@@ -262,7 +264,7 @@ class PoolService:
             try:
                 if request.name is not None and request.name != row.name:
                     await self.runtime.rename(row.docker_id, request.name)
-            except (NameInUse, ApiError):
+            except ApiError:
                 await self._release(row.id)
                 raise
 
@@ -298,10 +300,11 @@ class PoolService:
         engine = Container._meta.db
         lock = " FOR UPDATE SKIP LOCKED" if isinstance(engine, PostgresEngine) else ""
         rows = await Container.raw(
-            "UPDATE containers SET pool_state = 'claimed', owner = {} "
+            "UPDATE containers SET pool_state = 'claimed', owner = {}, claimed_at = {} "
             "WHERE id = (SELECT id FROM containers WHERE pool = {} AND pool_state = 'idle' AND template_version = {} "
             f"ORDER BY created_at LIMIT 1{lock}) AND pool_state = 'idle' RETURNING id",
             user,
+            utcnow(),
             template.name,
             template.version,
         )
@@ -517,13 +520,23 @@ class PoolService:
         await Container.delete().where(Container.id == member_id)
 
     async def _collect_orphans(self, pooled: set[str]) -> None:
-        """Remove members of pools that no longer exist, left by a process that stopped mid-way."""
+        """Remove members left behind by a process that stopped mid-way.
+
+        Those are members of pools that no longer exist, and members taken by a claim that never
+        finished: a finished claim clears `pool_state` before the caller gets its answer.
+        """
         rows = await Container.select(Container.id, Container.docker_id, Container.pool).where(
             Container.pool_state.is_in(["idle", "retiring"])
         )
         for row in rows:
             if row["pool"] not in pooled:
                 await self._retire_any(row)
+        stalled = await Container.select(Container.id, Container.docker_id, Container.pool).where(
+            (Container.pool_state == "claimed") & (Container.claimed_at < utcnow() - timedelta(seconds=STALLED_CLAIM))
+        )
+        for row in stalled:
+            logger.warning("pool member %s of %s was taken by a claim that never finished; removing it", row["id"], row["pool"])
+            await self._retire_any(row)
 
     async def _retire_any(self, row: dict) -> None:
         await Container.update({Container.pool_state: "retiring"}).where(Container.id == row["id"])
