@@ -213,16 +213,22 @@ def load_settings(
     for template, pool in settings.pool.pools.items():
         problem = pool_limits_problem(pool.min_idle, pool.max_idle, pool.max_total)
         if problem:
-            raise ConfigError(f"invalid setting pool.pools.{template}: {problem}")
+            raise ConfigError(f"invalid setting pool.pools.{template}.{problem[0]}: {problem[1]}")
     return settings
 
 
-def pool_limits_problem(min_idle: int, max_idle: int, max_total: int) -> str | None:
-    """Describe what is wrong with a pool's sizes, or return None when min_idle <= max_idle <= max_total."""
+def pool_limits_problem(
+    min_idle: int, max_idle: int, max_total: int, names: tuple[str, str, str] = ("min_idle", "max_idle", "max_total")
+) -> tuple[str, str] | None:
+    """Return the field at fault and a message, or None when min_idle <= max_idle <= max_total.
+
+    `names` are the three fields as the caller spells them, such as the API's camelCase names.
+    """
+    low, high, total = names
     if min_idle > max_idle:
-        return f"min_idle {min_idle} is above max_idle {max_idle}; lower min_idle or raise max_idle"
+        return low, f"{low} {min_idle} is above {high} {max_idle}; lower {low} or raise {high}"
     if max_idle > max_total:
-        return f"max_idle {max_idle} is above max_total {max_total}; lower max_idle or raise max_total"
+        return high, f"{high} {max_idle} is above {total} {max_total}; lower {high} or raise {total}"
     return None
 
 

@@ -101,3 +101,25 @@ def test_invalid_toml(tmp_path):
     config.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(config, environ={})
+
+
+def test_pools_in_settings(tmp_path):
+    config = tmp_path / "corebase.toml"
+    config.write_text("[pool.pools.python]\nmin_idle = 2\nmax_idle = 3\nmax_total = 5\n")
+    pools = load_settings(config, environ={}).pool.pools
+    assert (pools["python"].min_idle, pools["python"].max_idle, pools["python"].max_total) == (2, 3, 5)
+    assert pools["python"].idle_ttl == 3600.0
+
+
+def test_inconsistent_pool_sizes_name_the_setting(tmp_path):
+    config = tmp_path / "corebase.toml"
+    config.write_text("[pool.pools.python]\nmin_idle = 5\nmax_idle = 2\n")
+    with pytest.raises(ConfigError, match="pool.pools.python.min_idle: min_idle 5 is above max_idle 2"):
+        load_settings(config, environ={})
+
+
+def test_template_images_from_environment():
+    settings = load_settings(environ={"COREBASE_TEMPLATES_IMAGES": "python=registry.local/python:3.12, node=n:22"})
+    assert settings.templates.images == {"python": "registry.local/python:3.12", "node": "n:22"}
+    with pytest.raises(ConfigError, match="COREBASE_TEMPLATES_IMAGES"):
+        load_settings(environ={"COREBASE_TEMPLATES_IMAGES": "python"})

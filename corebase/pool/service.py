@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_NAME = "pool-manager"
 LABEL_POOL = "corebase.pool"
-# Owner of members nobody has claimed yet; no API key can have an empty user name.
+# Owner of members not yet claimed; no API key can have an empty user name.
 POOL_OWNER = ""
 # Buckets the demand window is split into for the autoscaler.
 DEMAND_BUCKETS = 6
@@ -150,10 +150,9 @@ class PoolService:
     ) -> Pool:
         """Create or change the pool of `template`; the manager fills it in the background."""
         await self.containers.templates.get(template)
-        problem = pool_limits_problem(min_idle, max_idle, max_total)
+        problem = pool_limits_problem(min_idle, max_idle, max_total, names=("minIdle", "maxIdle", "maxTotal"))
         if problem:
-            field_name = "minIdle" if problem.startswith("min_idle") else "maxIdle"
-            raise InvalidField(field_name, problem.replace("min_idle", "minIdle").replace("max_idle", "maxIdle").replace("max_total", "maxTotal"))
+            raise InvalidField(*problem)
 
         now = utcnow()
         values = {
@@ -190,7 +189,7 @@ class PoolService:
         return await self._pool(template)
 
     async def delete(self, caller: Caller, template: str) -> None:
-        """Delete a pool and remove its members that nobody has claimed."""
+        """Delete a pool and remove its unclaimed members."""
         deleted = await Pool.delete().where(Pool.template == template).returning(Pool.template)
         if not deleted:
             raise PoolNotFound(template)
@@ -243,8 +242,8 @@ class PoolService:
     async def claim(self, caller: Caller, request: StartRequest, template: TemplateSpec) -> Started | None:
         """Hand an idle member of the template's pool to the caller, or return None for a cold start.
 
-        Only a request that asks for nothing but a name, labels and a project can be served from a
-        pool, because a running container cannot take another command, environment or limits.
+        Only a request with nothing but a name, labels and a project can be served from a pool,
+        because a running container cannot take another command, environment or limits.
         The member is checked in the engine before it is handed out.
         """
         began = time.perf_counter()
@@ -523,7 +522,7 @@ class PoolService:
         """Remove members left behind by a process that stopped mid-way.
 
         Those are members of pools that no longer exist, and members taken by a claim that never
-        finished: a finished claim clears `pool_state` before the caller gets its answer.
+        finished: a finished claim clears `pool_state` before it responds to the caller.
         """
         rows = await Container.select(Container.id, Container.docker_id, Container.pool).where(
             Container.pool_state.is_in(["idle", "retiring"])
@@ -552,7 +551,7 @@ class PoolService:
 
 
 def _poolable(request: StartRequest) -> bool:
-    """Tell whether a request asks for nothing a running pool member cannot give."""
+    """Tell whether a request needs nothing that a running pool member cannot give."""
     plain = msgspec.structs.replace(request, name=None, project_id=None, labels={})
     return plain == StartRequest(template=request.template)
 
