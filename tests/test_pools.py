@@ -250,11 +250,17 @@ async def test_deleting_a_pool_removes_its_members(api, docker, template):
     assert (await api.delete(f"/api/runtime/pools/{template}")).status_code == 404
 
 
-async def test_template_with_a_pool_is_in_use(api, template):
-    await api.put(f"/api/runtime/pools/{template}", json={"minIdle": 0, "maxIdle": 0, "maxTotal": 1})
+async def test_template_with_a_pool_is_in_use(api, docker, template):
+    await api.put(f"/api/runtime/pools/{template}", json={"minIdle": 1, "maxIdle": 1, "maxTotal": 1})
+    await wait_for_idle(api, template, 1)
     refused = await api.delete(f"/api/runtime/templates/{template}")
     assert refused.status_code == 409
     assert "pool" in refused.json()["usedBy"][0]
+
+    forced = await api.delete(f"/api/runtime/templates/{template}", params={"force": "true"})
+    assert forced.status_code == 204
+    assert (await api.get(f"/api/runtime/pools/{template}")).status_code == 404
+    assert await members(docker, template) == {}
 
 
 @pytest.mark.parametrize(

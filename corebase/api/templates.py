@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from corebase.api.schemas import Body, Record
 from corebase.auth.caller import Caller
+from corebase.pool.service import PoolService
 from corebase.runtime.types import HealthCheck
 from corebase.templates import TemplateCategory, TemplateSpec
 from corebase.templates.catalog import TemplateCatalog
@@ -155,12 +156,17 @@ class TemplateController(Controller):
         "/{name:str}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a custom template; refused while a pool or container uses it unless force=true",
+        description="With force=true the template's pool and its unclaimed members go too; containers "
+        "already made from the template keep running.",
     )
     async def delete_template(
         self, state: State, caller: NamedDependency[Caller], name: FromPath[str], force: FromQuery[bool] = False
     ) -> None:
         catalog: TemplateCatalog = state.templates
         await catalog.delete(caller, name, force)
+        if force:
+            pools: PoolService = state.pools
+            await pools.delete_if_present(caller, name)
 
 
 def _fields(body: TemplateBody | TemplateUpdateBody) -> dict:

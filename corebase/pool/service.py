@@ -199,6 +199,12 @@ class PoolService:
         await asyncio.gather(*(self._discard(row["id"], row["docker_id"]) for row in retired))
         logger.info("pool %s deleted by %s; %s member(s) removed", template, caller.user, len(retired))
 
+    async def delete_if_present(self, caller: Caller, template: str) -> None:
+        try:
+            await self.delete(caller, template)
+        except PoolNotFound:
+            pass
+
     async def status(self, template: str) -> PoolStatus:
         pool = await self._pool(template)
         states = [row["pool_state"] for row in await Container.select(Container.pool_state).where(Container.pool == template)]
