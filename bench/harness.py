@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,46 @@ async def prepare_replay(bench: StartBench) -> list[str]:
     finally:
         await bench.api_remove(record["id"])
     return config_differences(api_inspected, raw_inspected)
+
+
+# --- measurement loops ---------------------------------------------------------------------
+
+
+async def measure_pair(
+    name: str,
+    api: Callable[[], Awaitable[float]],
+    raw: Callable[[], Awaitable[float]],
+    runs: int,
+    warmup: int,
+) -> dict[str, list[float]]:
+    """Time `api` and `raw` once per iteration, swapping their order every iteration.
+
+    The first `warmup` iterations are run and discarded.
+    """
+    samples: dict[str, list[float]] = {"api": [], "raw": []}
+    for iteration in range(warmup + runs):
+        order = [("api", api), ("raw", raw)] if iteration % 2 == 0 else [("raw", raw), ("api", api)]
+        for path, operation in order:
+            duration = await operation()
+            if iteration >= warmup:
+                samples[path].append(duration)
+        if (iteration + 1) % 10 == 0 or iteration + 1 == warmup + runs:
+            print(f"  {name}: {iteration + 1}/{warmup + runs} iterations", file=sys.stderr, flush=True)
+    return samples
+
+
+async def measure_starts(bench: StartBench, runs: int, warmup: int) -> dict[str, list[float]]:
+    async def api() -> float:
+        duration, record = await bench.api_start()
+        await bench.api_remove(record["id"])
+        return duration
+
+    async def raw() -> float:
+        duration, engine_id = await bench.raw_start()
+        await bench.raw_remove(engine_id)
+        return duration
+
+    return await measure_pair("cold start", api, raw, runs, warmup)
 
 
 # --- statistics and the report -------------------------------------------------------------
