@@ -52,6 +52,7 @@ import shutil
 import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ import aiodocker
 import httpx
 
 from harness import (
+    REPOSITORY,
     REQUEST_TIMEOUT,
     RUN_LABEL,
     Server,
@@ -549,6 +551,24 @@ def format_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def source_revision() -> str:
+    """Return the checked-out git commit of the repository, marked when files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"unknown ({exc})"
+    return f"{commit} with uncommitted changes" if changes.strip() else commit
+
+
 # --- clean-up ------------------------------------------------------------------------------
 
 
@@ -644,6 +664,7 @@ async def benchmark(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     facts["loadAverage"] = {"start": run.load_at_start, "end": os.getloadavg()}
     return {
         "command": command_line(),
+        "revision": source_revision(),
         "template": TEMPLATE,
         "image": image,
         "database": "SQLite (temporary data directory)",
@@ -719,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"command: {report['command']}")
+    print(f"source: commit {report['revision']}")
     print(format_machine(report["machine"]))
     load = report["machine"]["loadAverage"]
     print(f"load average (1 min): {load['start'][0]:.2f} at start, {load['end'][0]:.2f} at end")
