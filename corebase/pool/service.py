@@ -478,10 +478,16 @@ class PoolService:
             await self._record_error(pool_name, f"starting a member failed: {exc}")
             return
 
+        # A manager pass that read the pool before it was deleted may start members after the
+        # delete retired the old ones. Such a member must not become idle, because claims would
+        # take it from a pool that no longer exists. The delete removes the pool row before it
+        # retires members, so that retirement also catches a member promoted here.
+        pool_exists = Container.pool.is_in(Pool.select(Pool.template).where(Pool.template == pool_name))
         promoted = await Container.update({Container.pool_state: "idle", Container.updated_at: utcnow()}).where(
-            (Container.id == row.id) & (Container.pool_state == "warming")
+            (Container.id == row.id) & (Container.pool_state == "warming") & pool_exists
         ).returning(Container.id)
         if not promoted:
+            logger.info("removing new member %s: it was retired or its pool %s was deleted while it started", row.id, pool_name)
             await self._discard(row.id, row.docker_id)
             return
         durations = self._warming.setdefault(pool_name, _Warming()).durations
@@ -530,13 +536,13 @@ class PoolService:
         Those are members of pools that no longer exist, and members taken by a claim that never
         finished: a finished claim clears `pool_state` before it responds to the caller.
         """
-        rows = await Container.select(Container.id, Container.docker_id, Container.pool).where(
+        rows = await Container.select(Container.id, Container.docker_id, Container.pool, Container.pool_state).where(
             Container.pool_state.is_in(["idle", "retiring"])
         )
         for row in rows:
             if row["pool"] not in pooled:
                 await self._retire_any(row)
-        stalled = await Container.select(Container.id, Container.docker_id, Container.pool).where(
+        stalled = await Container.select(Container.id, Container.docker_id, Container.pool, Container.pool_state).where(
             (Container.pool_state == "claimed") & (Container.claimed_at < utcnow() - timedelta(seconds=STALLED_CLAIM))
         )
         for row in stalled:
@@ -544,8 +550,16 @@ class PoolService:
             await self._retire_any(row)
 
     async def _retire_any(self, row: dict) -> None:
-        await Container.update({Container.pool_state: "retiring"}).where(Container.id == row["id"])
-        await self._discard(row["id"], row["docker_id"])
+        """Retire a member that is still in the `pool_state` it was selected in, and remove it.
+
+        The condition matters because rows are removed one after another, so an idle member
+        selected here may be claimed while earlier ones are removed. Such a member must stay.
+        """
+        taken = await Container.update({Container.pool_state: "retiring"}).where(
+            (Container.id == row["id"]) & (Container.pool_state == row["pool_state"])
+        ).returning(Container.id)
+        if taken:
+            await self._discard(row["id"], row["docker_id"])
 
     async def _record_error(self, pool_name: str, message: str) -> None:
         failures = self._failures.get(pool_name, 0) + 1
