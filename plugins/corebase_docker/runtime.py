@@ -153,6 +153,10 @@ class DockerRuntime:
             except aiodocker.DockerError as exc:
                 if exc.status == 409 and "running container" in exc.message:
                     raise ContainerRunning(engine_id) from exc
+                if exc.status == 409 and "already in progress" in exc.message:
+                    # Another request is removing it; the result is the same.
+                    logger.debug("removal of %s is already in progress", engine_id)
+                    return
                 raise
 
     # --- state --------------------------------------------------------------------------------
