@@ -16,6 +16,7 @@ members; any process claims.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -53,6 +54,11 @@ DEMAND_BUCKETS = 6
 LATENCY_SAMPLE = 1000
 # Seconds between two readiness checks of a warming member.
 READY_POLL_INTERVAL = 0.1
+# Columns that raw SQL returns as JSON text.
+JSON_COLUMNS = ("command", "labels", "ports", "pending_credentials")
+# Seconds the manager waits after the last claim before it starts replacements. Starting a
+# container keeps the engine busy, which slows claims that arrive in the same moment.
+REFILL_DELAY = 0.3
 # Seconds after which a member still marked "claimed" belongs to a claim whose process died.
 STALLED_CLAIM = 60.0
 # Idle members the claim tries before it gives up and falls back to a cold start.
@@ -84,6 +90,9 @@ class PoolService:
         self.strategy = strategy
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
+        self._refill_handle: asyncio.TimerHandle | None = None
+        # Ids of members this process is starting, by pool, counted before their rows exist.
+        self._starting: dict[str, set[str]] = {}
         self._loop_task: asyncio.Task | None = None
         self._warming: dict[str, _Warming] = {}
         self._backoff_until: dict[str, float] = {}
@@ -99,6 +108,8 @@ class PoolService:
 
     async def stop(self) -> None:
         """Stop the manager loop and any member still warming; idle members stay for the next start."""
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -259,11 +270,10 @@ class PoolService:
             await self._check_name_free(request.name)
 
         for _ in range(CLAIM_ATTEMPTS):
-            member = await self._take_idle(template, caller.user)
-            if member is None:
-                self.wake()
+            row = await self._take_idle(template, caller.user)
+            if row is None:
+                self.refill_soon()
                 return None
-            row = await Container.objects().output(load_json=True).where(Container.id == member).first()
             if not await self._still_running(row):
                 continue
             try:
@@ -274,7 +284,6 @@ class PoolService:
                 raise
 
             credentials = dict(row.pending_credentials or {})
-            now = utcnow()
             row.owner = caller.user
             row.name = request.name or row.name
             row.labels = dict(request.labels)
@@ -282,38 +291,65 @@ class PoolService:
             row.pool_state = None
             row.pending_credentials = None
             row.source = "pool"
-            row.claimed_at = now
-            row.updated_at = now
+            row.updated_at = utcnow()
             row.claim_ms = (time.perf_counter() - began) * 1000
-            await row.save()
-            self.wake()
+            await self._finish_claim(row)
+            self.refill_soon()
             logger.info("claimed container %s from pool %s for %s in %.1f ms", row.id, template.name, caller.user, row.claim_ms)
             return Started(row, credentials)
         return None
+
+    async def _finish_claim(self, row: Container) -> None:
+        """Hand the taken member to its caller; only columns the claim changes are written."""
+        await Container.update(
+            {
+                Container.owner: row.owner,
+                Container.name: row.name,
+                Container.labels: row.labels,
+                Container.project_id: row.project_id,
+                Container.pool_state: None,
+                Container.pending_credentials: None,
+                Container.source: "pool",
+                Container.updated_at: row.updated_at,
+                Container.claim_ms: row.claim_ms,
+            }
+        ).where((Container.id == row.id) & (Container.pool_state == "claimed"))
 
     async def _check_name_free(self, name: str) -> None:
         check_name(name)
         if await Container.exists().where((Container.name == name) & Container.status.is_in(list(ACTIVE_STATUSES))):
             raise NameInUse(name)
 
-    async def _take_idle(self, template: TemplateSpec, user: str) -> str | None:
+    async def _take_idle(self, template: TemplateSpec, user: str) -> Container | None:
         """Atomically move the oldest idle member on the template's current version to "claimed".
 
-        Returns its id, or None when the pool has no such member. A member of an older template
-        version is left for the manager to replace.
+        Returns the member's row, or None when the pool has no such member. A member of an older
+        template version is left for the manager to replace.
         """
         engine = Container._meta.db
         lock = " FOR UPDATE SKIP LOCKED" if isinstance(engine, PostgresEngine) else ""
         rows = await Container.raw(
             "UPDATE containers SET pool_state = 'claimed', owner = {}, claimed_at = {} "
             "WHERE id = (SELECT id FROM containers WHERE pool = {} AND pool_state = 'idle' AND template_version = {} "
-            f"ORDER BY created_at LIMIT 1{lock}) AND pool_state = 'idle' RETURNING id",
+            f"ORDER BY created_at LIMIT 1{lock}) AND pool_state = 'idle' RETURNING *",
             user,
             utcnow(),
             template.name,
             template.version,
         )
-        return rows[0]["id"] if rows else None
+        if not rows:
+            return None
+        values = dict(rows[0])
+        for column in JSON_COLUMNS:
+            if isinstance(values.get(column), str):
+                values[column] = json.loads(values[column])
+        return Container.from_dict(values)
+
+    def refill_soon(self) -> None:
+        """Wake the manager once claims pause, so member starts do not compete with a burst of claims."""
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
+        self._refill_handle = asyncio.get_running_loop().call_later(REFILL_DELAY, self.wake)
 
     async def _still_running(self, row: Container) -> bool:
         """Check a taken member in the engine; discard it when it is gone or stopped."""
@@ -339,26 +375,32 @@ class PoolService:
         interval = self.settings.pool.interval
         lease_seconds = max(5.0, interval * 5)
         while True:
+            # Cleared before the pass, so a wake-up that arrives during the pass runs another one.
+            self._wake.clear()
             try:
                 if await leases.acquire(LEASE_NAME, self.holder, lease_seconds):
-                    await self._pass()
+                    await self._pass(lease_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("pool manager pass failed; retrying in %s s", interval)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), interval)
             except TimeoutError:
                 pass
 
-    async def _pass(self) -> None:
+    async def _pass(self, lease_seconds: float) -> None:
         pools = await Pool.objects()
         engine_states = {}
         if pools:
             managed = await self.runtime.list({LABEL_MANAGED: "true"})
             engine_states = {state.engine_id: state for state in managed if LABEL_POOL in state.labels}
         for pool in pools:
+            # A slow engine can stretch a pass past the lease; renewing it per pool keeps a second
+            # process from managing the same pools, and a lost lease ends the pass.
+            if not await leases.acquire(LEASE_NAME, self.holder, lease_seconds):
+                logger.warning("lost the pool-manager lease during a pass; another process manages pools now")
+                return
             await self._maintain(pool, engine_states)
         await self._collect_orphans({pool.template for pool in pools})
 
@@ -373,13 +415,17 @@ class PoolService:
         ).where((Container.pool == pool.template) & Container.pool_state.is_in(["idle", "warming"]))
 
         idle = []
-        warming = 0
+        # Members this process is starting count before their rows exist, so maxTotal holds.
+        starting = self._starting.setdefault(pool.template, set())
+        warming_ids = set(starting)
         for member in members:
             if member["pool_state"] == "warming":
+                # NOTE: a member started by a process that died stays counted until this limit
+                # passes, which delays refills; rows do not record which process starts them.
                 if member["created_at"] < now - timedelta(seconds=self.settings.pool.warm_timeout * 2):
                     await self._retire(member, "it did not become ready in time")
                 else:
-                    warming += 1
+                    warming_ids.add(member["id"])
                 continue
             state = engine_states.get(member["docker_id"])
             ready_at = member["started_at"] or member["created_at"]
@@ -397,13 +443,23 @@ class PoolService:
             await self._retire(member, f"the pool needs only {target} idle member(s)")
         idle_count = min(len(idle), target)
 
-        missing = min(target - idle_count - warming, pool.max_total - idle_count - warming, self.settings.pool.max_parallel_starts)
+        warming = len(warming_ids)
+        missing = min(
+            target - idle_count - warming,
+            pool.max_total - idle_count - warming,
+            self.settings.pool.max_parallel_starts - len(starting),
+        )
         if missing > 0 and time.monotonic() >= self._backoff_until.get(pool.template, 0.0):
             state = self._warming.setdefault(pool.template, _Warming())
             for _ in range(missing):
-                task = asyncio.create_task(self._warm(pool.template, template), name=f"corebase-pool-warm-{pool.template}")
+                container_id = new_container_id()
+                starting.add(container_id)
+                task = asyncio.create_task(
+                    self._warm(pool.template, template, container_id), name=f"corebase-pool-warm-{pool.template}"
+                )
                 state.tasks.add(task)
                 task.add_done_callback(state.tasks.discard)
+                task.add_done_callback(lambda _, member=container_id: starting.discard(member))
 
     async def _current_template(self, pool: Pool) -> TemplateSpec | None:
         try:
@@ -447,10 +503,9 @@ class PoolService:
             logger.info("pool %s target %s -> %s (hits=%s misses=%s)", pool.template, pool.target, target, len(claimed), len(missed))
         return target
 
-    async def _warm(self, pool_name: str, template: TemplateSpec) -> None:
+    async def _warm(self, pool_name: str, template: TemplateSpec, container_id: str) -> None:
         """Start one member and mark it idle once it runs and, with a health check, is healthy."""
         began = time.monotonic()
-        container_id = new_container_id()
         credentials = generate_credentials(template)
         request = StartRequest(template=template.name)
         spec = build_spec(
@@ -536,11 +591,13 @@ class PoolService:
         Those are members of pools that no longer exist, and members taken by a claim that never
         finished: a finished claim clears `pool_state` before it responds to the caller.
         """
-        rows = await Container.select(Container.id, Container.docker_id, Container.pool, Container.pool_state).where(
-            Container.pool_state.is_in(["idle", "retiring"])
-        )
+        abandoned = utcnow() - timedelta(seconds=self.settings.pool.warm_timeout * 2)
+        rows = await Container.select(
+            Container.id, Container.docker_id, Container.pool, Container.pool_state, Container.created_at
+        ).where(Container.pool_state.is_in(["idle", "retiring", "warming"]))
         for row in rows:
-            if row["pool"] not in pooled:
+            stale_warming = row["pool_state"] == "warming" and row["created_at"] < abandoned
+            if row["pool"] not in pooled and (row["pool_state"] != "warming" or stale_warming):
                 await self._retire_any(row)
         stalled = await Container.select(Container.id, Container.docker_id, Container.pool, Container.pool_state).where(
             (Container.pool_state == "claimed") & (Container.claimed_at < utcnow() - timedelta(seconds=STALLED_CLAIM))
