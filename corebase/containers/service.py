@@ -125,8 +125,15 @@ class ContainerService:
             credentials=credentials,
         )
         await enforce_policies(self.policies, PolicyRequest(spec=spec, caller=caller, template=request.template))
-        row = await self._insert_creating(container_id, spec, caller, project_id=request.project_id,
-                                          labels=request.labels, template=template, source="cold")
+        row = await self.insert_creating(
+            container_id,
+            spec,
+            caller,
+            project_id=request.project_id,
+            labels=request.labels,
+            template=template,
+            source="cold",
+        )
         await self.launch(row, spec)
         logger.info("started container %s image=%s owner=%s source=cold", row.id, spec.image, caller.user)
         return Started(row, credentials)
@@ -148,7 +155,7 @@ class ContainerService:
         _apply_state(row, state)
         await row.save()
 
-    async def _insert_creating(
+    async def insert_creating(
         self,
         container_id: str,
         spec: ContainerSpec,
@@ -161,6 +168,10 @@ class ContainerService:
         pool: str | None = None,
         credentials: dict[str, str] | None = None,
     ) -> Container:
+        """Write the `creating` row of a container about to be created, after checking its name is free.
+
+        A pool member passes `pool`, and keeps its generated `credentials` until it is claimed.
+        """
         now = utcnow()
         row = Container(
             id=container_id,

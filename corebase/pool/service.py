@@ -519,7 +519,7 @@ class PoolService:
         )
         spec.labels[LABEL_POOL] = pool_name
         system = Caller(key_id="", user=POOL_OWNER, role="admin")
-        row = await self.containers._insert_creating(
+        row = await self.containers.insert_creating(
             container_id, spec, system, template=template, pool=pool_name, credentials=credentials
         )
         try:
