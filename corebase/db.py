@@ -8,6 +8,7 @@ import logging
 import os
 from urllib.parse import urlsplit
 
+import asyncpg
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
@@ -60,8 +61,31 @@ async def disconnect(engine: Engine) -> None:
         await engine.close_connection_pool()
 
 
+# Key of the PostgreSQL advisory lock that serialises migrations between processes.
+MIGRATION_LOCK_KEY = 0x636F7265  # "core" in ASCII
+
+
 async def migrate() -> list[str]:
-    """Apply pending migrations to the connected database; return the ids applied."""
+    """Apply pending migrations to the connected database; return the ids applied.
+
+    On PostgreSQL an advisory lock makes processes that start together migrate one after another,
+    so the second finds the work done. SQLite serialises writers by itself.
+    """
+    engine = piccolo_conf.DB
+    if not isinstance(engine, PostgresEngine):
+        return await _migrate()
+    connection = await asyncpg.connect(engine.config["dsn"])
+    try:
+        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            return await _migrate()
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await connection.close()
+
+
+async def _migrate() -> list[str]:
     manager = ForwardsMigrationManager(app_name="corebase")
     await manager.create_migration_table()
     before = set(await Migration.get_migrations_which_ran(app_name="corebase"))

@@ -114,3 +114,25 @@ def test_migrations_run_from_an_installed_wheel(tmp_path):
     result = corebase("migrate", "--data-dir", str(tmp_path / "data"), cwd=workdir, pythonpath=str(site))
     assert result.returncode == 0, result.stderr
     assert APPLIED_ALL in result.stdout
+
+
+@pytest.mark.postgres
+async def test_concurrent_migrations_on_postgres(postgres_url):
+    from api_support import create_postgres_database, drop_postgres_database
+
+    database_url = await create_postgres_database(postgres_url)
+    try:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("COREBASE_")}
+        env["COREBASE_DATABASE_URL"] = database_url
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "corebase", "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(3)
+        ]
+        outputs = [process.communicate(timeout=120) for process in processes]
+        for process, (stdout, stderr) in zip(processes, outputs):
+            assert process.returncode == 0, stderr
+        assert sum(APPLIED_ALL in stdout for stdout, _ in outputs) == 1
+    finally:
+        await drop_postgres_database(postgres_url, database_url)

@@ -149,6 +149,15 @@ async def test_database_credentials_are_returned_once(server, api, docker):
         await api.post("/api/runtime/remove", json={"containerId": item["id"], "force": True})
 
 
+async def test_own_password_replaces_the_generated_one(api, docker):
+    body = start_body(None, template="postgres", env={"POSTGRES_PASSWORD": "chosen-by-caller"}) | {"image": None}
+    record = (await api.post("/api/runtime/start", json=body)).json()
+    assert record["credentials"] is None
+    env = (await docker.containers.get(record["dockerId"]))["Config"]["Env"]
+    assert "POSTGRES_PASSWORD=chosen-by-caller" in env
+    await api.post("/api/runtime/remove", json={"containerId": record["id"], "force": True})
+
+
 async def test_overrides_within_template_limits(api, docker):
     body = start_body(None, template="redis", env={"EXTRA": "1"}, memory="1g", cpus=1.5) | {"image": None}
     record = (await api.post("/api/runtime/start", json=body)).json()
@@ -183,6 +192,10 @@ async def test_custom_template_lifecycle(api, docker):
 
     duplicate = await api.post("/api/runtime/templates", json=body)
     assert duplicate.status_code == 409
+    assert duplicate.json()["field"] == "name"
+    empty = await api.post("/api/runtime/templates", content=b"", headers={"content-type": "application/json"})
+    assert empty.status_code == 400
+    assert "body is missing" in empty.json()["detail"]
 
     record = (await api.post("/api/runtime/start", json=start_body(None, template=name) | {"image": None})).json()
     assert record["templateVersion"] == 1

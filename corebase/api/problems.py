@@ -56,6 +56,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"the required parameter {field!r} is missing"
     if message.startswith("Object missing required field"):
         return f"the required field {field!r} is missing"
+    if field is None and message.strip("'") in ("data", ""):
+        return "the request body is missing or empty; send a JSON object"
     if field is None:
         return f"invalid request body: {message}"
     return f"invalid value for {field!r}: {message}"

@@ -108,13 +108,18 @@ class ContainerService:
         On any failure of a cold start, whatever was made is removed and the error re-raised.
         """
         template = await self.templates.get(request.template) if request.template is not None else None
-        if template is not None and self.pool is not None:
+        missed_pool = None
+        if template is not None and self.pool is not None and self.pool.can_serve(request):
             claimed = await self.pool.claim(caller, request, template)
             if claimed is not None:
                 return claimed
+            missed_pool = template.name
 
         container_id = new_container_id()
-        credentials = generate_credentials(template)
+        # A value the request sets itself replaces the generated one, and the caller knows it already.
+        credentials = {
+            name: value for name, value in generate_credentials(template).items() if name not in request.env
+        }
         spec = build_spec(
             request,
             self.settings,
@@ -133,6 +138,7 @@ class ContainerService:
             labels=request.labels,
             template=template,
             source="cold",
+            missed_pool=missed_pool,
         )
         await self.launch(row, spec)
         logger.info("started container %s image=%s owner=%s source=cold", row.id, spec.image, caller.user)
@@ -167,10 +173,13 @@ class ContainerService:
         source: str | None = None,
         pool: str | None = None,
         credentials: dict[str, str] | None = None,
+        missed_pool: str | None = None,
     ) -> Container:
         """Write the `creating` row of a container about to be created, after checking its name is free.
 
-        A pool member passes `pool`, and keeps its generated `credentials` until it is claimed.
+        A pool member passes `pool`, and keeps its generated `credentials` until it is claimed. A
+        cold start that a pool could have served but had no idle member for passes `missed_pool`,
+        so the pool counts it as a miss.
         """
         now = utcnow()
         row = Container(
@@ -183,7 +192,7 @@ class ContainerService:
             owner=caller.user,
             status="creating",
             source=source,
-            pool=pool,
+            pool=pool or missed_pool,
             pool_state="warming" if pool else None,
             pending_credentials=credentials if pool else None,
             command=spec.command,

@@ -166,7 +166,9 @@ class PoolService:
             raise InvalidField(*problem)
 
         now = utcnow()
+        current = await Pool.select(Pool.target).where(Pool.template == template).first()
         values = {
+            Pool.target: max(min_idle, min(max_idle, current["target"] if current else min_idle)),
             Pool.min_idle: min_idle,
             Pool.max_idle: max_idle,
             Pool.max_total: max_total,
@@ -224,7 +226,7 @@ class PoolService:
             (Container.template == template) & (Container.source == "pool") & (Container.claimed_at >= pool.created_at)
         )
         misses = await Container.count().where(
-            (Container.template == template) & (Container.source == "cold") & (Container.created_at >= pool.created_at)
+            (Container.pool == template) & (Container.source == "cold") & (Container.created_at >= pool.created_at)
         )
         latencies = sorted(
             row["claim_ms"]
@@ -264,7 +266,7 @@ class PoolService:
         The member is checked in the engine before it is handed out.
         """
         began = time.perf_counter()
-        if not _poolable(request):
+        if not self.can_serve(request):
             return None
         if request.name is not None:
             await self._check_name_free(request.name)
@@ -298,6 +300,11 @@ class PoolService:
             logger.info("claimed container %s from pool %s for %s in %.1f ms", row.id, template.name, caller.user, row.claim_ms)
             return Started(row, credentials)
         return None
+
+    @staticmethod
+    def can_serve(request: StartRequest) -> bool:
+        """Tell whether a request needs nothing that a running pool member cannot give."""
+        return _poolable(request)
 
     async def _finish_claim(self, row: Container) -> None:
         """Hand the taken member to its caller; only columns the claim changes are written."""
@@ -470,12 +477,16 @@ class PoolService:
 
     async def _target(self, pool: Pool) -> int:
         window = self.settings.pool.demand_window
-        since = utcnow() - timedelta(seconds=window)
+        now = utcnow()
+        since = now - timedelta(seconds=window)
+        counted_from = max(since, pool.created_at)
+        # Only claims and misses since the pool exists count; a miss is a cold start the pool could
+        # have served, which records the pool's name.
         claimed = await Container.select(Container.claimed_at).where(
-            (Container.template == pool.template) & (Container.source == "pool") & (Container.claimed_at >= since)
+            (Container.template == pool.template) & (Container.source == "pool") & (Container.claimed_at >= counted_from)
         )
         missed = await Container.select(Container.created_at).where(
-            (Container.template == pool.template) & (Container.source == "cold") & (Container.created_at >= since)
+            (Container.pool == pool.template) & (Container.source == "cold") & (Container.created_at >= counted_from)
         )
         moments = [row["claimed_at"] for row in claimed] + [row["created_at"] for row in missed]
         buckets = [0] * DEMAND_BUCKETS

@@ -88,6 +88,7 @@ class TemplateCatalog:
                 f"a template named {template.name!r} already exists; choose another name or update it with "
                 f"PUT /api/runtime/templates/{template.name}",
                 template=template.name,
+                field="name",
             )
         # Versions keep counting across a delete, so a re-created template never reuses a version.
         previous = await ContainerTemplate.select(ContainerTemplate.version).where(ContainerTemplate.name == template.name).order_by(
