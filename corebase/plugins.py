@@ -95,28 +95,26 @@ def _describe_validation(exc: pluggy.PluginValidationError) -> str:
 
 def load_runtime(manager: pluggy.PluginManager, settings: Settings) -> ContainerRuntime:
     """Return the first runtime a plugin provides; fail with the fix when none does."""
-    runtime = manager.hook.corebase_runtime(settings=settings)
-    if runtime is None:
-        raise PluginError(
-            "no plugin provides a container runtime (hook corebase_runtime); enable the built-in "
-            "'corebase_docker' plugin or install a runtime plugin"
-        )
-    if not isinstance(runtime, ContainerRuntime):
-        raise PluginError(f"the runtime {runtime!r} does not implement corebase.runtime.ContainerRuntime")
-    return runtime
+    return _first_result(manager, settings, "corebase_runtime", ContainerRuntime, "container runtime", "corebase_docker")
 
 
 def load_pool_strategy(manager: pluggy.PluginManager, settings: Settings) -> PoolStrategy:
     """Return the first pool strategy a plugin provides; fail with the fix when none does."""
-    strategy = manager.hook.corebase_pool_strategy(settings=settings)
-    if strategy is None:
+    return _first_result(manager, settings, "corebase_pool_strategy", PoolStrategy, "pool strategy", "corebase_pool")
+
+
+def _first_result(
+    manager: pluggy.PluginManager, settings: Settings, hook_name: str, protocol: type, kind: str, builtin: str
+) -> Any:
+    component = getattr(manager.hook, hook_name)(settings=settings)
+    if component is None:
         raise PluginError(
-            "no plugin provides a pool strategy (hook corebase_pool_strategy); enable the built-in "
-            "'corebase_pool' plugin or install a strategy plugin"
+            f"no plugin provides a {kind} (hook {hook_name}); enable the built-in '{builtin}' plugin "
+            f"or install a {kind} plugin"
         )
-    if not isinstance(strategy, PoolStrategy):
-        raise PluginError(f"the pool strategy {strategy!r} does not implement corebase.pool.strategy.PoolStrategy")
-    return strategy
+    if not isinstance(component, protocol):
+        raise PluginError(f"the {kind} {component!r} does not implement {protocol.__module__}.{protocol.__qualname__}")
+    return component
 
 
 def collect_named(manager: pluggy.PluginManager, hook_name: str, settings: Settings, kind: str) -> list[Any]:

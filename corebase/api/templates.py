@@ -28,43 +28,32 @@ class HealthCheckBody(Body):
     start_period: float = 0.0
 
 
-class TemplateBody(Body):
-    """A custom template. Sizes are bytes or strings such as "512m"; ports are container ports."""
+class TemplateUpdateBody(Body):
+    """The new version of a template; every field of the previous version is replaced.
+
+    Sizes are bytes or strings such as "512m"; ports are container ports.
+    """
+
+    image: str
+    category: TemplateCategory = "custom"
+    description: str = ""
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    ports: list[int] = []
+    memory: int | str | None = None
+    cpus: float | None = None
+    max_memory: int | str | None = None
+    max_cpus: float | None = None
+    healthcheck: HealthCheckBody | None = None
+    generated_env: list[str] = []
+    workdir: str | None = None
+    user: str | None = None
+
+
+class TemplateBody(TemplateUpdateBody, kw_only=True):
+    """A new custom template: the fields of a version, and its name."""
 
     name: str
-    image: str
-    category: TemplateCategory = "custom"
-    description: str = ""
-    command: list[str] | None = None
-    env: dict[str, str] = {}
-    ports: list[int] = []
-    memory: int | str | None = None
-    cpus: float | None = None
-    max_memory: int | str | None = None
-    max_cpus: float | None = None
-    healthcheck: HealthCheckBody | None = None
-    generated_env: list[str] = []
-    workdir: str | None = None
-    user: str | None = None
-
-
-class TemplateUpdateBody(Body):
-    """The new version of a template; every field of the previous version is replaced."""
-
-    image: str
-    category: TemplateCategory = "custom"
-    description: str = ""
-    command: list[str] | None = None
-    env: dict[str, str] = {}
-    ports: list[int] = []
-    memory: int | str | None = None
-    cpus: float | None = None
-    max_memory: int | str | None = None
-    max_cpus: float | None = None
-    healthcheck: HealthCheckBody | None = None
-    generated_env: list[str] = []
-    workdir: str | None = None
-    user: str | None = None
 
 
 class HealthCheckRecord(Record):

@@ -6,9 +6,11 @@ The image is `FROM scratch` with a static busybox and its applet links, so it ru
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import tarfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiodocker
@@ -56,32 +58,11 @@ async def ensure_test_image(docker: aiodocker.Docker | None = None, tag: str = T
     Without `docker` a client is opened for the call and closed afterwards. Raises
     aiodocker.DockerError when the build fails, with the engine's message.
     """
-    client = docker or aiodocker.Docker()
-    try:
-        try:
-            await client.images.inspect(tag)
-            return tag
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise
-
-        logger.info("building test image %s from %s", tag, BUSYBOX_BINARY)
-        messages = await client.images.build(
-            fileobj=io.BytesIO(build_context()),
-            encoding="identity",
-            tag=tag,
-            labels={TEST_LABEL: "true"},
-            rm=True,
-            forcerm=True,
-        )
-        # Checked here too, in case the installed aiodocker returns stream errors instead of raising them.
-        for message in messages:
-            if "error" in message or "errorDetail" in message:
-                raise aiodocker.DockerError(500, f"building {tag} failed: {message}")
+    async with _client(docker) as client:
+        if not await _exists(client, tag):
+            logger.info("building test image %s from %s", tag, BUSYBOX_BINARY)
+            await _build(client, tag, build_context())
         return tag
-    finally:
-        if docker is None:
-            await client.close()
 
 
 # Stand-ins for the programs the built-in templates' health checks run, so every built-in template
@@ -98,33 +79,50 @@ CMD ["sleep", "infinity"]
 
 async def ensure_toolbox_image(docker: aiodocker.Docker | None = None, tag: str = TOOLBOX_IMAGE) -> str:
     """Build the toolbox image (the busybox image plus health-check stand-ins) unless it exists; return the tag."""
+    async with _client(docker) as client:
+        if not await _exists(client, tag):
+            await ensure_test_image(client)
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as archive:
+                dockerfile = tarfile.TarInfo("Dockerfile")
+                dockerfile.size = len(_TOOLBOX_DOCKERFILE)
+                archive.addfile(dockerfile, io.BytesIO(_TOOLBOX_DOCKERFILE))
+            await _build(client, tag, buffer.getvalue())
+        return tag
+
+
+@contextlib.asynccontextmanager
+async def _client(docker: aiodocker.Docker | None) -> AsyncIterator[aiodocker.Docker]:
+    """Use `docker`, or open a client for the call and close it afterwards."""
     client = docker or aiodocker.Docker()
     try:
-        try:
-            await client.images.inspect(tag)
-            return tag
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise
-        await ensure_test_image(client)
-
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
-            dockerfile = tarfile.TarInfo("Dockerfile")
-            dockerfile.size = len(_TOOLBOX_DOCKERFILE)
-            archive.addfile(dockerfile, io.BytesIO(_TOOLBOX_DOCKERFILE))
-        messages = await client.images.build(
-            fileobj=io.BytesIO(buffer.getvalue()),
-            encoding="identity",
-            tag=tag,
-            labels={TEST_LABEL: "true"},
-            rm=True,
-            forcerm=True,
-        )
-        for message in messages:
-            if "error" in message or "errorDetail" in message:
-                raise aiodocker.DockerError(500, f"building {tag} failed: {message}")
-        return tag
+        yield client
     finally:
         if docker is None:
             await client.close()
+
+
+async def _exists(client: aiodocker.Docker, tag: str) -> bool:
+    try:
+        await client.images.inspect(tag)
+        return True
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            raise
+        return False
+
+
+async def _build(client: aiodocker.Docker, tag: str, context: bytes) -> None:
+    """Build `context` (an uncompressed tar) as `tag`, labelled as a test image."""
+    messages = await client.images.build(
+        fileobj=io.BytesIO(context),
+        encoding="identity",
+        tag=tag,
+        labels={TEST_LABEL: "true"},
+        rm=True,
+        forcerm=True,
+    )
+    # Checked here too, in case the installed aiodocker returns stream errors instead of raising them.
+    for message in messages:
+        if "error" in message or "errorDetail" in message:
+            raise aiodocker.DockerError(500, f"building {tag} failed: {message}")
