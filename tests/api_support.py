@@ -30,10 +30,13 @@ def start_body(image: str, **fields) -> dict:
     return {"image": image, "labels": labels, **fields}
 
 
-async def cleanup_run_containers() -> None:
+async def remove_containers(label: str, corebase_ids: set[str] | None = None) -> None:
+    """Force-remove the engine containers carrying `label`, only those with a `corebase.id` in `corebase_ids` if given."""
     docker = aiodocker.Docker()
     try:
-        for container in await docker.containers.list(all=True, filters={"label": [f"{RUN_LABEL}={RUN_ID}"]}):
+        for container in await docker.containers.list(all=True, filters={"label": [label]}):
+            if corebase_ids is not None and container._container.get("Labels", {}).get("corebase.id") not in corebase_ids:
+                continue
             try:
                 await container.delete(force=True, v=True)
             except aiodocker.DockerError as exc:
@@ -41,6 +44,10 @@ async def cleanup_run_containers() -> None:
                     raise
     finally:
         await docker.close()
+
+
+async def cleanup_run_containers() -> None:
+    await remove_containers(f"{RUN_LABEL}={RUN_ID}")
 
 
 async def run_containers_in_engine() -> list[dict]:
@@ -119,14 +126,4 @@ async def remove_server_containers(data_dir: Path) -> None:
         return
     with sqlite3.connect(database) as connection:
         ids = {row[0] for row in connection.execute("SELECT id FROM containers")}
-    docker = aiodocker.Docker()
-    try:
-        for container in await docker.containers.list(all=True, filters={"label": ["corebase.managed=true"]}):
-            if container._container.get("Labels", {}).get("corebase.id") in ids:
-                try:
-                    await container.delete(force=True, v=True)
-                except aiodocker.DockerError as exc:
-                    if exc.status != 404:
-                        raise
-    finally:
-        await docker.close()
+    await remove_containers("corebase.managed=true", ids)

@@ -8,11 +8,15 @@ naming the fixture.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import aiodocker
+import aiohttp
+import httpx
 import pytest
 
+from api_support import cleanup_run_containers
 from support.images import ensure_test_image, ensure_toolbox_image
 from support.services import require_engine, service_address
 
@@ -68,6 +72,24 @@ async def test_image(docker_available: None) -> str:
 async def toolbox_image(docker_available: None) -> str:
     """Tag of the toolbox image: busybox plus stand-ins for the built-in templates' health-check programs."""
     return await ensure_toolbox_image()
+
+
+@pytest.fixture
+async def api(server) -> AsyncIterator[httpx.AsyncClient]:
+    """An admin client of the module's `server` fixture."""
+    async with server.async_client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _remove_run_containers() -> AsyncIterator[None]:
+    """Remove the containers this session started through the API, once every test has run."""
+    yield
+    try:
+        await cleanup_run_containers()
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+        # Without an engine no test could start a container, so there is nothing to remove.
+        logging.getLogger(__name__).info("engine unreachable at clean-up: %s", exc)
 
 
 @pytest.fixture(autouse=True)

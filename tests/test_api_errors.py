@@ -14,7 +14,6 @@ import pytest
 from api_support import (
     RUN_ID,
     RUN_LABEL,
-    cleanup_run_containers,
     run_containers_in_engine,
     server_fixture,
     start_body,
@@ -44,16 +43,6 @@ def server(tmp_path_factory, docker_available) -> RunningServer:
     yield from server_fixture(tmp_path_factory)
 
 
-@pytest.fixture
-async def api(server) -> httpx.AsyncClient:
-    async with server.async_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def _remove_run_containers():
-    yield
-    await cleanup_run_containers()
 
 
 async def start(api, default_image, **fields) -> httpx.Response:

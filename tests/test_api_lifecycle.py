@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from api_support import (
-    cleanup_run_containers,
     postgres_server,
     server_fixture,
     start_body,
@@ -46,11 +45,6 @@ async def api(sqlite_server) -> httpx.AsyncClient:
     async with sqlite_server.async_client() as client:
         yield client
 
-
-@pytest.fixture(scope="session", autouse=True)
-async def _remove_run_containers():
-    yield
-    await cleanup_run_containers()
 
 
 async def start(client: httpx.AsyncClient, image: str, **fields) -> dict:

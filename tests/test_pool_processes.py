@@ -23,9 +23,9 @@ import pytest
 from api_support import (
     RUN_ID,
     RUN_LABEL,
-    cleanup_run_containers,
     create_postgres_database,
     drop_postgres_database,
+    remove_containers,
     toolbox_template_env,
 )
 from support.server import RunningServer, run_server
@@ -56,11 +56,6 @@ def template_start_body(**fields) -> dict:
     labels = {RUN_LABEL: RUN_ID, **fields.pop("labels", {})}
     return {"template": TEMPLATE, "labels": labels, **fields}
 
-
-@pytest.fixture(scope="module", autouse=True)
-async def _remove_run_containers():
-    yield
-    await cleanup_run_containers()
 
 
 @pytest.fixture
@@ -118,18 +113,7 @@ async def remove_database_containers(database_url: str) -> None:
     finally:
         await connection.close()
 
-    docker = aiodocker.Docker()
-    try:
-        for container in await docker.containers.list(all=True, filters={"label": ["corebase.id"]}):
-            if container._container.get("Labels", {}).get("corebase.id") not in ids:
-                continue
-            try:
-                await container.delete(force=True, v=True)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-    finally:
-        await docker.close()
+    await remove_containers("corebase.id", ids)
 
 
 async def configure_pool(client: httpx.AsyncClient, min_idle: int, max_idle: int, max_total: int) -> dict:

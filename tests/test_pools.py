@@ -7,10 +7,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx
 import pytest
 
-from api_support import cleanup_run_containers, remove_server_containers, server_fixture, toolbox_template_env
+from api_support import remove_server_containers, server_fixture, toolbox_template_env
 from support.server import RunningServer
 
 pytestmark = pytest.mark.engine
@@ -27,16 +26,6 @@ def server(tmp_path_factory, docker_available, toolbox_image) -> RunningServer:
         asyncio.run(remove_server_containers(running.data_dir))
 
 
-@pytest.fixture
-async def api(server) -> httpx.AsyncClient:
-    async with server.async_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def _remove_run_containers():
-    yield
-    await cleanup_run_containers()
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ import asyncio
 import secrets
 import time
 
-import httpx
 import pytest
 
 from api_support import (
     BUILTIN_TEMPLATE_NAMES,
-    cleanup_run_containers,
     remove_server_containers,
     server_fixture,
     start_body,
@@ -29,16 +27,6 @@ def server(tmp_path_factory, docker_available, toolbox_image) -> RunningServer:
         asyncio.run(remove_server_containers(running.data_dir))
 
 
-@pytest.fixture
-async def api(server) -> httpx.AsyncClient:
-    async with server.async_client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module", autouse=True)
-async def _remove_run_containers():
-    yield
-    await cleanup_run_containers()
 
 
 def custom_template(**fields) -> dict:
