@@ -382,7 +382,7 @@ async def measure_bursts(bench: PoolBench) -> list[dict[str, Any]]:
                 "targetBefore": before["target"],
                 "targetAfter": status["target"],
                 "idleAfter": status["idle"],
-                # The most members seen at once, idle or starting. The pool's maxTotal should cap this.
+                # The maximum number of members seen at once, idle or starting. The pool's maxTotal should cap this.
                 "maxSize": max(reading["idle"] + reading["inFlight"] for reading in readings),
                 "refilled": refilled,
                 "refillSeconds": refill_seconds(readings),

@@ -73,7 +73,7 @@ def corebase_security_policies(settings: Settings) -> list[Policy]:
     """Provide security policies that check every container spec before it is created.
 
     Called once at start-up. Return a list of Policy objects. The lists of all plugins are joined;
-    two policies with the same name stop start-up. Every policy sees every spec and one deny
+    two policies with the same name stop start-up. Every policy receives every spec and one deny
     rejects it, with the reasons of every denying policy returned to the caller.
     """
 

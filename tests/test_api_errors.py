@@ -236,7 +236,7 @@ async def test_name_in_use(api, test_image, docker):
     assert body["name"] == name
     assert await snapshot(api) == before
 
-    # A container CoreBase does not manage holds the name: the engine's conflict is reported the same way.
+    # A container CoreBase does not manage has the name, and the engine's conflict is reported the same way.
     foreign_name = "cbtest-foreign-" + secrets.token_hex(4)
     foreign = await docker.containers.create(
         {"Image": test_image, "Cmd": ["sleep", "600"], "Labels": {RUN_LABEL: RUN_ID}}, name=foreign_name

@@ -298,7 +298,7 @@ async def test_exit_information(api, test_image):
         await api.post("/api/runtime/remove", json={"containerId": record["id"]})
 
 
-async def test_stop_honours_a_grace_period_longer_than_the_engine_timeout(tmp_path_factory, test_image):
+async def test_stop_grace_beyond_engine_timeout(tmp_path_factory, test_image):
     # The engine call timeout is 2 s here; a 4 s grace period must still complete, with SIGKILL at the end.
     for server in server_fixture(tmp_path_factory, {"COREBASE_DOCKER_TIMEOUT": "2"}):
         async with server.async_client() as client:

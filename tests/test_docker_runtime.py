@@ -178,7 +178,7 @@ async def test_refused_socket_engine_unavailable(tmp_path: Path) -> None:
 
 
 async def test_silent_engine_times_out(tmp_path: Path) -> None:
-    # A server that accepts the connection and never responds stands in for a hung engine.
+    # A server that accepts the connection and never responds acts as a hung engine.
     path = tmp_path / "docker.sock"
     connections: list[asyncio.StreamWriter] = []
 

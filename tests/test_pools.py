@@ -98,7 +98,7 @@ async def test_pool_fills_and_claims_are_served_from_it(api, docker, template):
     assert status["size"] == 2
     assert status["target"] == 2
     assert len(await members(docker, template)) == 2
-    # Pool members belong to nobody until claimed, so listings do not show them.
+    # Pool members belong to no user until claimed, so listings do not show them.
     listed = (await api.get("/api/runtime/containers", params={"limit": 500})).json()["items"]
     assert not [item for item in listed if item["template"] == template]
 
@@ -137,7 +137,7 @@ async def test_requests_a_member_cannot_satisfy_start_cold(api, template):
     await api.post("/api/runtime/remove", json={"containerId": record["id"], "force": True})
 
 
-async def test_member_removed_out_of_band_is_never_handed_out(api, docker, template):
+async def test_removed_member_never_handed_out(api, docker, template):
     await api.put(f"/api/runtime/pools/{template}", json={"minIdle": 1, "maxIdle": 1, "maxTotal": 2})
     await wait_for_idle(api, template, 1)
     (victim_id, victim), = (await members(docker, template)).items()

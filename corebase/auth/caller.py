@@ -10,7 +10,7 @@ Role = Literal["admin", "developer", "viewer"]
 
 
 class Caller(msgspec.Struct, frozen=True):
-    """Who sent a request: the API key used, the user it belongs to and that user's role."""
+    """The sender of a request: the API key used, the user it belongs to and that user's role."""
 
     key_id: str
     user: str

@@ -466,7 +466,7 @@ def _select():
 def _visible_to(caller: Caller):
     """Build the condition for rows a caller may see: all of them for an admin, otherwise their own.
 
-    Pool members waiting to be claimed belong to no caller, so nobody sees them here.
+    Pool members waiting to be claimed belong to no caller, so no listing shows them.
     """
     unpooled = Container.pool_state.is_null()
     if caller.is_admin:

@@ -4,8 +4,8 @@ from piccolo.columns import JSON, BigInt, Boolean, Integer, Real, Text, Timestam
 from piccolo.table import Table
 
 # Statuses a row can have: the engine's own, plus "creating" (row written, engine not done yet),
-# "failed" (a start that did not complete; the reason is in `error`) and "removed".
-# A pool member has `pool` set and a `pool_state` of "warming", "idle" or "retiring"; when a
+# "failed" (a start that did not complete, with the reason in `error`) and "removed".
+# A pool member has `pool` set and a `pool_state` of "warming", "idle" or "retiring". When a
 # caller claims it, `pool_state` becomes null and `source` is "pool".
 ACTIVE_STATUSES = ("creating", "created", "running", "paused", "restarting", "exited", "dead")
 

@@ -403,8 +403,8 @@ class PoolService:
             managed = await self.runtime.list({LABEL_MANAGED: "true"})
             engine_states = {state.engine_id: state for state in managed if LABEL_POOL in state.labels}
         for pool in pools:
-            # A slow engine can stretch a pass past the lease; renewing it per pool keeps a second
-            # process from managing the same pools, and a lost lease ends the pass.
+            # A slow engine can stretch a pass past the lease, so the lease is renewed per pool. That
+            # keeps a second process from managing the same pools, and a lost lease ends the pass.
             if not await leases.acquire(LEASE_NAME, self.holder, lease_seconds):
                 logger.warning("lost the pool-manager lease during a pass; another process manages pools now")
                 return
@@ -428,7 +428,7 @@ class PoolService:
         for member in members:
             if member["pool_state"] == "warming":
                 # NOTE: a member started by a process that died stays counted until this limit
-                # passes, which delays refills; rows do not record which process starts them.
+                # passes, which delays refills. Rows do not record which process starts them.
                 if member["created_at"] < now - timedelta(seconds=self.settings.pool.warm_timeout * 2):
                     await self._retire(member, "it did not become ready in time")
                 else:

@@ -77,7 +77,7 @@ class ContainerSpec(msgspec.Struct):
 
 
 class ContainerState(msgspec.Struct):
-    """What the engine reports about one container."""
+    """The engine's report on one container."""
 
     engine_id: str
     name: str
@@ -111,7 +111,7 @@ class ExecResult(msgspec.Struct):
 
 
 class LogOptions(msgspec.Struct):
-    """Which log output to read. `since` and `until` are Unix times in seconds."""
+    """A selection of log output to read. `since` and `until` are Unix times in seconds."""
 
     stdout: bool = True
     stderr: bool = True

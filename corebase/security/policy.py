@@ -34,7 +34,7 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 class PolicyRequest(msgspec.Struct, frozen=True):
-    """What a policy judges: the full spec about to be created, who asks, and from which template."""
+    """What a policy judges: the full spec about to be created, the caller, and the template it comes from."""
 
     spec: ContainerSpec
     caller: Caller
@@ -48,7 +48,7 @@ class Policy(Protocol):
     name: str
 
     def evaluate(self, request: PolicyRequest) -> Decision:
-        """Return allow, or deny with reasons; never raise for a spec it merely rejects."""
+        """Return allow, or deny with reasons; and do not raise for a spec that is merely rejected."""
 
 
 async def evaluate_policies(

@@ -2,7 +2,7 @@
 
 Built-ins live in memory, with the images from `templates.images` applied. Custom templates live
 in `container_templates`, one row per version; reads always ask the database, so every API
-process sees a change at once.
+process reads a change at once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The aiodocker client: which engine address it uses, and raw requests for streamed answers."""
+"""The aiodocker client: which engine address it uses, and raw requests for streamed responses."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Translation of aiodocker, aiohttp and timeout exceptions into `corebase.errors`.
 
-The core only sees CoreBase errors, so every engine call in this plugin runs inside
+The core receives only CoreBase errors, so every engine call in this plugin runs inside
 `translate_errors`. Callers that expect a specific engine status (a 409 on create, a 304 on stop)
 catch `aiodocker.DockerError` themselves inside the block, before this generic mapping applies.
 """
@@ -41,7 +41,7 @@ def unavailable(endpoint: str, reason: object) -> EngineUnavailable:
 
 
 def is_not_running_message(message: str) -> bool:
-    """Tell whether an engine message says that a container is not running or is paused."""
+    """Tell whether an engine message reports that a container is not running or is paused."""
     lowered = message.lower()
     return "is not running" in lowered or "is paused" in lowered
 

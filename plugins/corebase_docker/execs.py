@@ -18,8 +18,8 @@ from corebase_docker.frames import STREAM_NAMES, TextDecoder
 logger = logging.getLogger(__name__)
 
 # Engine 20.10 reports a command that cannot be started (missing, not executable) as exit code 126
-# and writes "OCI runtime exec failed: ..." into the exec's stdout stream; newer engines use 127
-# for a missing command.
+# and writes "OCI runtime exec failed: ..." into the exec's stdout stream. Other engine versions
+# may use 127 for a missing command, so both codes are accepted.
 _START_FAILED_EXIT_CODES = (126, 127)
 _START_FAILED_PREFIX = "OCI runtime exec failed"
 
@@ -104,7 +104,7 @@ async def run_exec(
         return _result(None, output, timed_out=True)
     except aiodocker.DockerError as exc:
         # Some engines reject a command that cannot start on the start request instead of in the
-        # stream; the exec's exit code is then read below like any other.
+        # stream. The exec's exit code is then read below like any other.
         if exc.status in (404, 409) or "exec failed" not in exc.message:
             raise
         start_error = exc.message

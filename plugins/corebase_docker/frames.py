@@ -103,5 +103,5 @@ class TextDecoder:
         return self._decoders[stream].decode(data)
 
     def finish(self, stream: StreamName) -> str:
-        """Return what a stream still holds (U+FFFD for a partial character) and reset it."""
+        """Return what a stream still contains (U+FFFD for a partial character) and reset it."""
         return self._decoders[stream].decode(b"", final=True)

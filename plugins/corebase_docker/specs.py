@@ -67,7 +67,7 @@ def create_body(spec: ContainerSpec, *, stop_timeout: float) -> dict[str, Any]:
     """Return the create body for `spec`.
 
     `stop_timeout` becomes the container's StopTimeout, the grace period the engine uses when a
-    stop request names none; the engine takes whole seconds, so it is rounded up.
+    stop request names none. The engine takes whole seconds, so it is rounded up.
     """
     body: dict[str, Any] = {
         "Image": spec.image,

@@ -12,7 +12,7 @@ from corebase_docker.state import parse_timestamp
 def is_running_sample(raw: Mapping[str, Any]) -> bool:
     """Tell whether a reading comes from a running container.
 
-    For a container that is not running the engine still answers 200, with a zero "read" time
+    For a container that is not running the engine still returns 200, with a zero "read" time
     ("0001-01-01T00:00:00Z") and empty counters.
     """
     return parse_timestamp(raw.get("read")) is not None

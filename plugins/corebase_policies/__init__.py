@@ -1,6 +1,6 @@
 """CoreBase's default security policies, registered as an ordinary plugin.
 
-Each policy denies one class of dangerous spec with a reason that says what to change. A deployer
+Each policy denies one class of dangerous spec with a reason that states what to change. A deployer
 can disable the whole set with `plugins.disabled = ["corebase_policies"]` and provide their own.
 """
 

@@ -1,4 +1,4 @@
-"""The default policies. Each looks at the complete spec, so it sees what the engine would get."""
+"""The default policies. Each looks at the complete spec, so it judges what the engine would get."""
 
 from __future__ import annotations
 

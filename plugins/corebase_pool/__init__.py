@@ -15,7 +15,7 @@ from corebase.settings import Settings
 class PeakDemandStrategy:
     """Keep as many idle members as the busiest recent bucket of claims needed.
 
-    A bucket is a slice of the demand window long enough to warm new members, so the pool holds
+    A bucket is a slice of the demand window long enough to warm new members, so the pool keeps
     what one burst takes before refills can catch up. Misses add to the busiest bucket, because
     each one is a claim the pool was too small for. With no claims in the window the target falls
     back to min_idle.
@@ -25,8 +25,8 @@ class PeakDemandStrategy:
 
     def target(self, demand: PoolDemand) -> int:
         busiest = max(demand.claims_per_bucket, default=0)
-        wanted = busiest + (1 if demand.misses else 0)
-        return max(demand.min_idle, min(demand.max_idle, math.ceil(wanted)))
+        needed = busiest + (1 if demand.misses else 0)
+        return max(demand.min_idle, min(demand.max_idle, math.ceil(needed)))
 
 
 @hookimpl(trylast=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-# Seconds a server gets to answer /health after it was started.
+# Seconds a server gets to respond to /health after it was started.
 START_TIMEOUT = 60.0
 
 
