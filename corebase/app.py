@@ -26,7 +26,16 @@ from corebase.api.system import SystemController
 from corebase.auth.keys import KeyVerifier, seed_admin_key
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError
-from corebase.plugins import AppContext, build_plugin_manager, collect_named, load_pool_strategy, load_runtime
+from corebase.events.bus import EventBus
+from corebase.metrics.service import MonitorService
+from corebase.plugins import (
+    AppContext,
+    build_plugin_manager,
+    collect_named,
+    load_collector,
+    load_pool_strategy,
+    load_runtime,
+)
 from corebase.pool.service import PoolService
 from corebase.templates.catalog import TemplateCatalog
 from corebase.settings import Settings
@@ -44,6 +53,8 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         runtime=load_runtime(manager, settings),
         policies=collect_named(manager, "corebase_security_policies", settings, "security policy"),
         templates=collect_named(manager, "corebase_templates", settings, "template"),
+        collector=load_collector(manager, settings),
+        notifiers=collect_named(manager, "corebase_notifiers", settings, "notifier"),
     )
     extra_routes = [route for routes in manager.hook.corebase_routes(settings=settings) for route in routes or []]
 
@@ -90,6 +101,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     settings = context.settings
 
     engine = await db.connect(settings)
+    bus = EventBus(settings)
     try:
         await _prepare_database(settings)
         engine_cpus = await _describe_engine(context)
@@ -101,11 +113,21 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.containers = context.state["containers"] = containers
         app.state.pools = context.state["pools"] = pools
         await pools.start()
+
+        await bus.start()
+        app.state.bus = context.state["bus"] = bus
+        monitor = MonitorService(settings, context.runtime, context.collector, bus, containers)
+        app.state.monitor = context.state["monitor"] = monitor
+        await monitor.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
         yield
     finally:
+        if "monitor" in context.state:
+            await context.state["monitor"].stop()
         if "pools" in context.state:
             await context.state["pools"].stop()
+        if "bus" in context.state:
+            await bus.stop()
         await _shutdown(context)
         await db.disconnect(engine)
 

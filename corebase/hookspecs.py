@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from corebase.alerts.notifiers import Notifier
+    from corebase.metrics.types import Collector
     from corebase.plugins import AppContext
     from corebase.pool.strategy import PoolStrategy
     from corebase.runtime import ContainerRuntime
@@ -62,6 +64,31 @@ def corebase_pool_strategy(settings: Settings) -> PoolStrategy | None:
     Called once at start-up. Return a PoolStrategy, or None to let another plugin provide it. The
     first non-None result wins; the built-in strategy is registered with ``trylast=True``. The
     strategy's `target` runs on every pool manager pass and must not block.
+    """
+
+
+# --- monitoring ------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def corebase_collector(settings: Settings) -> Collector | None:
+    """Provide the metrics collector that takes each round of container samples.
+
+    Called once at start-up. Return a Collector, or None to let another plugin provide it. The
+    first non-None result wins; the built-in collector is registered with ``trylast=True``. The
+    host calls its `sample` once per `monitoring.interval` in the process that leads monitoring,
+    then stores the samples, evaluates alert rules and publishes them as events.
+    """
+
+
+@hookspec
+def corebase_notifiers(settings: Settings) -> list[Notifier]:
+    """Provide alert notifiers, the kinds of target an alert rule can notify.
+
+    Called once at start-up. Return a list of Notifier objects; all lists are joined, and two
+    notifiers with the same name stop start-up. A rule names a notifier in its `notifiers` list
+    (``{"type": "webhook", ...}``); the notifier checks that entry when the rule is saved and
+    sends each alert change, with retries and a delivery log kept by the host.
     """
 
 

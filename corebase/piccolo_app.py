@@ -6,6 +6,7 @@ from pathlib import Path
 
 from piccolo.conf.apps import AppConfig
 
+from corebase.alerts.tables import Alert, AlertDelivery, AlertRule
 from corebase.auth.tables import ApiKey
 from corebase.containers.tables import Container
 from corebase.leases import Lease
@@ -14,7 +15,7 @@ from corebase.pool.tables import Pool
 from corebase.quotas.tables import UserQuota
 from corebase.templates.tables import ContainerTemplate
 
-TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease]
+TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease, AlertRule, Alert, AlertDelivery]
 
 
 def migrations_folder() -> Path:

@@ -19,6 +19,7 @@ import pluggy
 
 from corebase import hookspecs
 from corebase.errors import PluginError
+from corebase.metrics.types import Collector
 from corebase.pool.strategy import PoolStrategy
 from corebase.runtime.protocol import ContainerRuntime
 from corebase.security import Policy
@@ -28,7 +29,7 @@ from corebase.templates import TemplateSpec
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "corebase"
-BUILTIN_PLUGINS = ("corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool")
+BUILTIN_PLUGINS = ("corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool", "corebase_metrics")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class AppContext:
     runtime: ContainerRuntime
     policies: list[Policy]
     templates: list[TemplateSpec]
+    collector: Collector
+    notifiers: list[Any] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,6 +104,11 @@ def load_runtime(manager: pluggy.PluginManager, settings: Settings) -> Container
 def load_pool_strategy(manager: pluggy.PluginManager, settings: Settings) -> PoolStrategy:
     """Return the first pool strategy a plugin provides; fail with the fix when none does."""
     return _first_result(manager, settings, "corebase_pool_strategy", PoolStrategy, "pool strategy", "corebase_pool")
+
+
+def load_collector(manager: pluggy.PluginManager, settings: Settings) -> Collector:
+    """Return the first metrics collector a plugin provides; fail with the fix when none does."""
+    return _first_result(manager, settings, "corebase_collector", Collector, "metrics collector", "corebase_metrics")
 
 
 def _first_result(

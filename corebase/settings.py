@@ -26,6 +26,7 @@ ENV_ALIASES = {
     "COREBASE_DATABASE_URL": ("database", "url"),
     "COREBASE_ADMIN_API_KEY": ("auth", "admin_api_key"),
     "COREBASE_DATA_DIR": ("server", "data_dir"),
+    "COREBASE_REDIS_URL": ("redis", "url"),
 }
 
 # Kept after every other capability is dropped: enough for package managers and servers on low
@@ -107,6 +108,52 @@ class StatsSettings(Section):
     """Seconds between the two readings taken when no earlier reading of a container is kept."""
 
 
+class MonitoringSettings(Section):
+    enabled: bool = True
+    """Sample running containers, store the samples and evaluate alert rules (one process at a time)."""
+    interval: Annotated[float, msgspec.Meta(ge=0.2, le=3600)] = 5.0
+    """Seconds between two samples of every running container."""
+    call_timeout: PositiveFloat = 5.0
+    """Seconds one container's stats reading may take before that container is skipped for the round."""
+    max_parallel: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
+    """Containers sampled at the same time."""
+    fresh_for: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Seconds a stored sample answers GET /stats without a live reading; 0 means twice the interval."""
+    raw_retention: Annotated[int, msgspec.Meta(ge=60)] = 86400
+    """Seconds raw samples are kept."""
+    rollup_step: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 60
+    """Seconds covered by one rollup row (average and maximum of the raw samples in it)."""
+    rollup_retention: Annotated[int, msgspec.Meta(ge=60)] = 30 * 86400
+    """Seconds rollup rows are kept."""
+    prometheus_auth: bool = True
+    """Require an API key for GET /metrics; turn off only where the port is reachable by trusted scrapers alone."""
+
+
+class AlertSettings(Section):
+    webhook_timeout: PositiveFloat = 10.0
+    """Seconds one webhook delivery attempt may take."""
+    webhook_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5
+    """Delivery attempts per notification before it is given up."""
+    webhook_backoff: PositiveFloat = 1.0
+    """Seconds before the first retry; each later retry waits twice as long as the one before."""
+    webhook_hosts: list[str] = []
+    """Hosts webhook notifiers may send to; empty allows any host."""
+    restart_window: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """Default window, in seconds, over which a restart_loop rule counts restarts."""
+
+
+class EventSettings(Section):
+    subscriber_backlog: Annotated[int, msgspec.Meta(ge=10)] = 1000
+    """Events kept for one slow WebSocket client; older ones are dropped past this."""
+    reconnect_delay: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """Seconds before re-subscribing to the engine's event stream after it drops (doubling up to 30)."""
+
+
+class RedisSettings(Section):
+    url: str = ""
+    """redis://host:port/db shared by several API processes for live events; empty keeps events in-process."""
+
+
 class TemplateSettings(Section):
     images: dict[str, str] = {}
     """Image per template name, replacing the template's own, for example {python = "registry.local/python:3.12"}."""
@@ -159,6 +206,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
     exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
+    monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
+    alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     templates: TemplateSettings = msgspec.field(default_factory=TemplateSettings)
     pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
@@ -210,6 +261,7 @@ def load_settings(
 
     _check_sizes(settings)
     _check_database_url(settings.database.url)
+    _check_redis_url(settings.redis.url)
     for template, pool in settings.pool.pools.items():
         problem = pool_limits_problem(pool.min_idle, pool.max_idle, pool.max_total)
         if problem:
@@ -336,4 +388,12 @@ def _check_database_url(url: str) -> None:
         raise ConfigError(
             f"invalid setting database.url (variable COREBASE_DATABASE_URL): unsupported scheme {scheme!r}; "
             "use postgresql://user:password@host:5432/dbname, sqlite:///path/to/file, or leave it empty"
+        )
+
+
+def _check_redis_url(url: str) -> None:
+    if url and url.partition("://")[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            "invalid setting redis.url (variable COREBASE_REDIS_URL): use redis://host:6379/0, "
+            "rediss:// for TLS, unix:///path/to/redis.sock, or leave it empty"
         )

@@ -37,7 +37,7 @@ def install_entry_point_plugin(tmp_path: Path, monkeypatch, module_name: str, so
 def test_builtins_load_and_provide_a_runtime():
     manager = build_plugin_manager(settings())
     names = {item["name"] for item in describe_plugins(manager)}
-    assert {"corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool"} <= names
+    assert {"corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool", "corebase_metrics"} <= names
     assert load_runtime(manager, settings()).name == "docker"
 
 
@@ -183,6 +183,8 @@ def hook_names() -> list[str]:
 
 def test_public_hook_names_are_pinned():
     assert hook_names() == [
+        "corebase_collector",
+        "corebase_notifiers",
         "corebase_pool_strategy",
         "corebase_routes",
         "corebase_runtime",

@@ -268,6 +268,13 @@ class ContainerService:
             rows = [row for row in rows if row.status == status]
         return rows, total
 
+    async def sync(self, container_id: str) -> Container | None:
+        """Bring one row up to date with the engine after an engine event; return it, or None when unknown."""
+        row = await _select().where(Container.id == container_id).first()
+        if row is not None:
+            await self._refresh(row)
+        return row
+
     async def _refresh(self, row: Container) -> None:
         """Bring a row up to date with the engine; keep the stored state when the engine is unreachable."""
         if row.status not in LIVE_STATUSES or row.docker_id is None:

@@ -10,6 +10,7 @@ from corebase.runtime.types import (
     LogOptions,
     MountSpec,
     PortBinding,
+    RuntimeEvent,
     RuntimeInfo,
     StatsSample,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "LogOptions",
     "MountSpec",
     "PortBinding",
+    "RuntimeEvent",
     "RuntimeInfo",
     "StatsSample",
 ]

@@ -16,6 +16,7 @@ from corebase.runtime.types import (
     ExecResult,
     LogChunk,
     LogOptions,
+    RuntimeEvent,
     RuntimeInfo,
     StatsSample,
 )
@@ -80,6 +81,14 @@ class ContainerRuntime(Protocol):
 
     def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         """Yield log output in order; with `follow` it ends when the container exits."""
+
+    def events(self, labels: dict[str, str], since_ns: int | None = None) -> AsyncIterator[RuntimeEvent]:
+        """Yield container events for containers carrying every one of `labels`, as they happen.
+
+        With `since_ns`, first replay the events from that time (nanoseconds since the epoch), the
+        event at exactly that time included. The iterator runs until the connection drops, then
+        raises EngineUnavailable; the caller reconnects.
+        """
 
     async def stats(self, engine_id: str) -> StatsSample:
         """Take one reading of the container's counters without waiting for a second one."""

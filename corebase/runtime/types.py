@@ -150,6 +150,26 @@ class StatsSample(msgspec.Struct):
     pids: int = 0
 
 
+class RuntimeEvent(msgspec.Struct, frozen=True):
+    """One container event from the engine's event stream.
+
+    `action` is the engine's word (create, start, die, stop, destroy, oom, kill, pause, unpause,
+    "health_status: healthy", ...). `time_ns` is the engine's time of the event in nanoseconds
+    since the epoch; together with `engine_id` and `action` it identifies the event, so a stream
+    resumed from that time can skip what it already delivered. `attributes` are the event's
+    attributes, container labels included (exitCode for die, signal for kill).
+    """
+
+    engine_id: str
+    action: str
+    time_ns: int
+    attributes: dict[str, str] = {}
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return (self.time_ns, self.engine_id, self.action)
+
+
 class RuntimeInfo(msgspec.Struct):
     """Facts about the engine behind a runtime, as reported at start-up and by /health."""
 

@@ -21,12 +21,14 @@ from corebase.runtime.types import (
     ExecResult,
     LogChunk,
     LogOptions,
+    RuntimeEvent,
     RuntimeInfo,
     StatsSample,
 )
 from corebase.settings import ContainerSettings, DockerSettings
 from corebase_docker.client import open_client, raw_response, resolve_url
 from corebase_docker.errors import start_rejection, translate_errors, unavailable
+from corebase_docker.events import stream_events
 from corebase_docker.execs import run_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
@@ -174,6 +176,11 @@ class DockerRuntime:
         with self._errors("list containers"):
             entries = await docker._query_json("containers/json", params={"all": True, "filters": json.dumps(filters)})
         return [state_from_list_entry(entry) for entry in entries]
+
+    async def events(self, labels: dict[str, str], since_ns: int | None = None) -> AsyncIterator[RuntimeEvent]:
+        docker = self._client()
+        async for event in stream_events(docker, self.url, labels, since_ns):
+            yield event
 
     async def stats(self, engine_id: str) -> StatsSample:
         docker = self._client()

@@ -1,0 +1,81 @@
+"""The event record every publisher sends and every WebSocket client receives, and client filters."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+# Event types. Container lifecycle comes from the engine's event stream; metric samples from the
+# collector; alert changes from rule evaluation.
+CONTAINER_TYPES = (
+    "container.created",
+    "container.started",
+    "container.died",
+    "container.stopped",
+    "container.removed",
+    "container.oom",
+    "container.health",
+    "container.paused",
+    "container.unpaused",
+)
+METRIC_TYPES = ("metric.sample",)
+ALERT_TYPES = ("alert.pending", "alert.firing", "alert.resolved")
+EVENT_TYPES = CONTAINER_TYPES + METRIC_TYPES + ALERT_TYPES
+
+# One bus channel per family, so clients that want no metric samples never decode them.
+CHANNELS = ("container", "metric", "alert")
+
+
+def channel_of(event_type: str) -> str:
+    return event_type.partition(".")[0]
+
+
+class Event(msgspec.Struct, rename="camel", omit_defaults=True):
+    """One event. `data` holds the type's details: exit code, health status, a sample, an alert."""
+
+    type: str
+    container_id: str | None = None
+    project_id: str | None = None
+    owner: str | None = None
+    template: str | None = None
+    data: dict[str, Any] = {}
+    id: str = msgspec.field(default_factory=lambda: "evt_" + secrets.token_hex(8))
+    time: datetime = msgspec.field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class EventFilter(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """What a client wants: event types (a family such as "container" matches all of its types),
+    container ids and project ids. An empty list matches everything; metric samples are sent
+    only for containers named in `container_ids`.
+    """
+
+    types: list[str] = []
+    container_ids: list[str] = []
+    project_ids: list[str] = []
+
+    def problem(self) -> tuple[str, str] | None:
+        """Return (field, message) for an unknown event type, else None."""
+        for name in self.types:
+            if name not in EVENT_TYPES and name not in CHANNELS:
+                allowed = ", ".join(CHANNELS + EVENT_TYPES)
+                return "types", f"unknown event type {name!r}; use one of {allowed}"
+        return None
+
+    def channels(self) -> list[str]:
+        """The bus channels this filter needs. Metric samples only when containers are named."""
+        wanted = {channel_of(name) for name in self.types} if self.types else set(CHANNELS)
+        if not self.container_ids:
+            wanted.discard("metric")
+        return [channel for channel in CHANNELS if channel in wanted]
+
+    def matches(self, event: Event) -> bool:
+        if self.types and event.type not in self.types and channel_of(event.type) not in self.types:
+            return False
+        if self.container_ids and event.container_id not in self.container_ids:
+            return False
+        if self.project_ids and event.project_id not in self.project_ids:
+            return False
+        return True

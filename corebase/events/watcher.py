@@ -1,0 +1,178 @@
+"""Follows the engine's event stream and turns it into CoreBase events.
+
+Every API process follows the stream, so when the monitoring leader dies another process already
+has it open. Which process publishes depends on the bus: on the in-process bus each process
+publishes for its own clients; on Redis only the leader does, so each event reaches every client
+once. The leader alone also acts on events (refreshing rows, lifecycle alert rules).
+
+After a dropped connection the watcher reconnects with a growing delay and resumes from the time
+of the last event it saw. The engine replays events from that time onward, the last one included,
+so events already seen are recognised by their (time, container, action) key and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from corebase.containers.tables import Container
+from corebase.errors import ApiError
+from corebase.events.bus import EventBus
+from corebase.events.types import Event
+from corebase.runtime.protocol import ContainerRuntime
+from corebase.runtime.types import RuntimeEvent
+
+logger = logging.getLogger(__name__)
+
+MANAGED_LABELS = {"corebase.managed": "true"}
+# Engine actions that become events; other actions (exec_*, attach, resize, ...) are ignored.
+ACTIONS = {
+    "create": "container.created",
+    "start": "container.started",
+    "die": "container.died",
+    "stop": "container.stopped",
+    "destroy": "container.removed",
+    "oom": "container.oom",
+    "pause": "container.paused",
+    "unpause": "container.unpaused",
+}
+HEALTH_PREFIX = "health_status"
+SEEN_KEYS = 4096
+# An OOM or kill event this recent explains the next die event of the same container.
+EXPLAINS_DEATH_WITHIN = 120.0
+MAX_RECONNECT_DELAY = 30.0
+
+Listener = Callable[[Event], Awaitable[None]]
+
+
+class EngineWatcher:
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        bus: EventBus,
+        *,
+        is_leader: Callable[[], bool],
+        reconnect_delay: float = 1.0,
+    ) -> None:
+        self.runtime = runtime
+        self.bus = bus
+        self.is_leader = is_leader
+        self.reconnect_delay = reconnect_delay
+        self.listeners: list[Listener] = []
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self._since_ns: int | None = None
+        self._seen: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+        self._oom: dict[str, float] = {}
+        self._kills: dict[str, float] = {}
+
+    async def run(self) -> None:
+        delay = self.reconnect_delay
+        while True:
+            try:
+                self.connected.set()
+                async for raw in self.runtime.events(MANAGED_LABELS, self._since_ns):
+                    delay = self.reconnect_delay
+                    await self._handle(raw)
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                logger.warning("engine event stream lost (%s); reconnecting in %.1f s", exc, delay)
+            except Exception:
+                logger.exception("engine event stream failed; reconnecting in %.1f s", delay)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            self.reconnects += 1
+
+    async def _handle(self, raw: RuntimeEvent) -> None:
+        if raw.key in self._seen:
+            return
+        self._seen[raw.key] = None
+        while len(self._seen) > SEEN_KEYS:
+            self._seen.popitem(last=False)
+        self._since_ns = max(self._since_ns or 0, raw.time_ns)
+
+        event = await self._translate(raw)
+        if event is None:
+            return
+        leader = self.is_leader()
+        if self.bus.kind == "memory" or leader:
+            self.bus.publish(event)
+        if leader:
+            for listener in self.listeners:
+                try:
+                    await listener(event)
+                except Exception:
+                    logger.exception("a listener failed on event %s of container %s", event.type, event.container_id)
+
+    async def _translate(self, raw: RuntimeEvent) -> Event | None:
+        now = time.monotonic()
+        action = raw.action
+        if action == "kill":
+            self._kills[raw.engine_id] = now
+            _forget_old(self._kills, now)
+            return None
+        if action.startswith(HEALTH_PREFIX):
+            event_type = "container.health"
+            data = {"status": action.partition(":")[2].strip()}
+        elif action in ACTIONS:
+            event_type = ACTIONS[action]
+            data = {}
+        else:
+            return None
+
+        if action == "oom":
+            self._oom[raw.engine_id] = now
+            _forget_old(self._oom, now)
+        if action == "die":
+            data = {
+                "exitCode": _int(raw.attributes.get("exitCode")),
+                "oomKilled": _recent(self._oom.pop(raw.engine_id, None), now),
+                # A kill event (a stop, restart or kill request) before the exit means it was asked for.
+                "requested": _recent(self._kills.pop(raw.engine_id, None), now),
+            }
+        if action == "destroy":
+            self._oom.pop(raw.engine_id, None)
+            self._kills.pop(raw.engine_id, None)
+
+        container_id = raw.attributes.get("corebase.id")
+        if not container_id:
+            return None
+        row = (
+            await Container.select(Container.owner, Container.project_id, Container.template, Container.pool_state)
+            .where(Container.id == container_id)
+            .first()
+        )
+        # Pool members waiting for a claim belong to no one yet; their events are not published.
+        if row is None or row["pool_state"] is not None:
+            return None
+        return Event(
+            type=event_type,
+            container_id=container_id,
+            owner=row["owner"],
+            project_id=row["project_id"],
+            template=row["template"],
+            data={"engineId": raw.engine_id, "engineTimeNs": raw.time_ns, **data},
+        )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _recent(moment: float | None, now: float) -> bool:
+    return moment is not None and now - moment <= EXPLAINS_DEATH_WITHIN
+
+
+def _forget_old(moments: dict[str, float], now: float) -> None:
+    """Drop entries too old to explain a death, so containers that never die leave nothing behind."""
+    if len(moments) > 256:
+        for engine_id in [key for key, moment in moments.items() if not _recent(moment, now)]:
+            del moments[engine_id]
