@@ -17,6 +17,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from corebase import __version__, db
+from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
 from corebase.api.pools import PoolController
@@ -59,10 +60,19 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
     extra_routes = [route for routes in manager.hook.corebase_routes(settings=settings) for route in routes or []]
 
     return Litestar(
-        route_handlers=[SystemController, RuntimeController, TemplateController, PoolController, *extra_routes],
+        route_handlers=[
+            SystemController,
+            RuntimeController,
+            TemplateController,
+            PoolController,
+            events_socket,
+            logs_socket,
+            *extra_routes,
+        ],
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "containers": Provide(_provide_containers, sync_to_thread=False),
+            "monitor": Provide(_provide_monitor, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -93,6 +103,10 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
 
 def _provide_containers(state: State) -> ContainerService:
     return state.containers
+
+
+def _provide_monitor(state: State) -> MonitorService:
+    return state.monitor
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 from corebase.api.schemas import ContainerRecord, PortRecord, ResourcesRecord, StatsRecord
 from corebase.containers.spec import NANO_CPUS
 from corebase.containers.tables import Container
+from corebase.metrics.tables import RuntimeMetric
 from corebase.runtime.types import StatsSample
 
 
@@ -55,6 +56,7 @@ def stats_record(container_id: str, sample: StatsSample, cpu_percent: float | No
     return StatsRecord(
         container_id=container_id,
         read_at=sample.read_at,
+        source="live",
         cpu_percent=round(cpu_percent, 3) if cpu_percent is not None else None,
         online_cpus=sample.online_cpus,
         memory_bytes=sample.memory_used,
@@ -65,4 +67,24 @@ def stats_record(container_id: str, sample: StatsSample, cpu_percent: float | No
         block_read_bytes=sample.block_read_bytes,
         block_write_bytes=sample.block_write_bytes,
         pids=sample.pids,
+    )
+
+
+def stored_stats_record(row: RuntimeMetric) -> StatsRecord:
+    """A StatsRecord from the collector's stored sample."""
+    limit = row.memory_limit_bytes
+    return StatsRecord(
+        container_id=row.container_id,
+        read_at=row.recorded_at,
+        source="sample",
+        cpu_percent=round(row.cpu_percent, 3) if row.cpu_percent is not None else None,
+        online_cpus=None,
+        memory_bytes=row.memory_bytes,
+        memory_limit_bytes=limit,
+        memory_percent=round(row.memory_bytes / limit * 100, 3) if limit else None,
+        network_rx_bytes=row.network_rx_bytes,
+        network_tx_bytes=row.network_tx_bytes,
+        block_read_bytes=row.block_read_bytes,
+        block_write_bytes=row.block_write_bytes,
+        pids=row.pids,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -13,7 +14,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from corebase.api.logs import check_window, parse_log_time, parse_tail
-from corebase.api.records import container_record, stats_record
+from corebase.api.records import container_record, stats_record, stored_stats_record
 from corebase.api.schemas import (
     ContainerPage,
     ContainerRecord,
@@ -21,16 +22,21 @@ from corebase.api.schemas import (
     ExecRequest,
     RemoveRequest,
     StartRequest,
+    StatsHistory,
     StatsRecord,
+    StatsTotals,
     StopRequest,
 )
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
-from corebase.errors import InvalidField
+from corebase.errors import ContainerNotRunning, InvalidField
+from corebase.metrics import queries
+from corebase.metrics.service import MonitorService
 from corebase.runtime.types import LogChunk, LogOptions
 
 CallerDependency = NamedDependency[Caller]
 ContainerServiceDependency = NamedDependency[ContainerService]
+MonitorDependency = NamedDependency[MonitorService]
 ContainerIdQuery = Annotated[str, QueryParameter(name="containerId", description="CoreBase container id or name")]
 
 
@@ -125,10 +131,52 @@ class RuntimeController(Controller):
             return Stream(_ndjson(chunks), media_type="application/x-ndjson")
         return Stream(_raw(chunks), media_type=MediaType.TEXT)
 
-    @get("/stats", summary="Read a running container's resource usage")
-    async def stats(self, caller: CallerDependency, containers: ContainerServiceDependency, container_id: ContainerIdQuery) -> StatsRecord:
-        row, sample, percent = await containers.stats(caller, container_id)
+    @get(
+        "/stats",
+        summary="Read a container's resource usage now, or its history",
+        description="Without from, to or step: the collector's latest sample when it is fresh, else a live "
+        "reading (the container must be running). With any of them: the stored history in steps of step "
+        "seconds, for running, stopped and removed containers alike.",
+    )
+    async def stats(
+        self,
+        caller: CallerDependency,
+        containers: ContainerServiceDependency,
+        monitor: MonitorDependency,
+        container_id: ContainerIdQuery,
+        start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339 time or Unix seconds; default one hour before to")] = None,
+        end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339 time or Unix seconds; default now")] = None,
+        step: Annotated[int | None, QueryParameter(ge=1, le=86400 * 31, description="Seconds per point")] = None,
+    ) -> StatsRecord | StatsHistory:
+        if start is not None or end is not None or step is not None:
+            row = await containers.find(caller, container_id, include_removed=True)
+            return await queries.history(monitor.store, row.id, start, end, step)
+
+        row = await containers.find(caller, container_id)
+        if row.status == "running":
+            stored = await monitor.store.latest(row.id)
+            if stored is not None and time.time() - stored.epoch <= monitor.fresh_for:
+                return stored_stats_record(stored)
+        try:
+            row, sample, percent = await containers.stats(caller, container_id)
+        except ContainerNotRunning as exc:
+            status = exc.extra.get("containerStatus")
+            raise ContainerNotRunning(
+                row.id,
+                status,
+                f"container {row.id!r} is not running (status {status}), so it has no current usage; "
+                f"read its stored history with from, to and step, or start it first",
+            ) from None
         return stats_record(row.id, sample, percent)
+
+    @get("/stats/totals", summary="Add up the latest samples of running containers per project or owner")
+    async def stats_totals(
+        self,
+        caller: CallerDependency,
+        monitor: MonitorDependency,
+        group_by: Annotated[Literal["project", "owner"], QueryParameter(name="groupBy")] = "project",
+    ) -> StatsTotals:
+        return await queries.totals(monitor.store, caller, group_by, monitor.fresh_for)
 
 
 class _LogLine(msgspec.Struct):

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from corebase.metrics.store import HistoryPoint
+
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400, description="Seconds")]
 Argv = Annotated[list[str], msgspec.Meta(min_length=1, description="Program and arguments, not run by a shell")]
 
@@ -145,9 +147,12 @@ class ExecRecord(Record):
 class StatsRecord(Record):
     container_id: str
     read_at: datetime
+    # "sample" when the collector's latest reading was fresh enough, "live" when read just now.
+    source: Literal["sample", "live"]
     # Percent of one CPU, so a container using two full CPUs reads 200.
     cpu_percent: float | None
-    online_cpus: int
+    # Known for live readings only.
+    online_cpus: int | None
     memory_bytes: int
     memory_limit_bytes: int
     memory_percent: float | None
@@ -156,6 +161,38 @@ class StatsRecord(Record):
     block_read_bytes: int
     block_write_bytes: int
     pids: int
+
+
+class StatsHistory(Record):
+    """A container's samples in steps: averages and maxima per step, counters at the step's end."""
+
+    container_id: str
+    start: datetime = msgspec.field(name="from")
+    end: datetime = msgspec.field(name="to")
+    step: int
+    # 0 when built from raw samples, else the rollup step the points come from.
+    resolution: int
+    points: list[HistoryPoint]
+
+
+class StatsTotal(Record):
+    """The newest samples of one project's or owner's running containers, added up."""
+
+    key: str | None
+    containers: int
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    network_rx_bytes: int
+    network_tx_bytes: int
+    pids: int
+
+
+class StatsTotals(Record):
+    group_by: Literal["project", "owner"]
+    # Samples older than this many seconds are left out.
+    fresh_for: float
+    groups: list[StatsTotal]
 
 
 class ComponentHealth(Record):

@@ -419,6 +419,10 @@ class ContainerService:
             self._samples.popitem(last=False)
         return row, current, percent
 
+    async def find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:
+        """The caller's container by id or name, without asking the engine; see `_find`."""
+        return await self._find(caller, reference, include_removed)
+
     # --- helpers -----------------------------------------------------------------------------
 
     async def _find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:

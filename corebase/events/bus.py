@@ -68,15 +68,15 @@ class EventBus:
         await self.channels.wait_published(_encode(event), channel_of(event.type))
 
     @asynccontextmanager
-    async def subscribe(self, channels: list[str]) -> AsyncIterator[AsyncIterator[Event]]:
-        """Subscribe to `channels`; yield an iterator of their events, unsubscribing on exit."""
+    async def subscribe(self, channels: list[str]) -> AsyncIterator[AsyncIterator[tuple[Event, bytes]]]:
+        """Subscribe to `channels`; yield an iterator of (event, its JSON), unsubscribing on exit."""
         async with self.channels.start_subscription(channels) as subscriber:
             yield _events(subscriber.iter_events())
 
 
-async def _events(payloads: AsyncIterator[bytes]) -> AsyncIterator[Event]:
+async def _events(payloads: AsyncIterator[bytes]) -> AsyncIterator[tuple[Event, bytes]]:
     async for payload in payloads:
         try:
-            yield _decode(payload)
+            yield _decode(payload), payload
         except msgspec.DecodeError:
             logger.warning("an event on the bus could not be decoded; it was skipped")

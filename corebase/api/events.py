@@ -1,0 +1,237 @@
+"""WebSocket streams: live events at /api/events and followed logs at /api/runtime/logs/ws.
+
+Both authenticate like every other route (``Authorization: Bearer <key>`` on the upgrade request).
+A client of /api/events chooses what it receives with query parameters, and may change its choice
+at any time by sending a JSON message:
+
+    {"action": "subscribe", "types": ["container", "alert.firing"], "containerIds": ["ctr_..."]}
+
+The server answers each choice with {"type": "subscribed", "filter": {...}}, or with
+{"type": "error", "field": ..., "detail": ...} and leaves the earlier choice in place. Callers
+who are not admins receive events of their own containers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+from corebase.api.logs import check_window, parse_log_time, parse_tail
+from corebase.auth.caller import Caller
+from corebase.errors import ApiError, InvalidField
+from corebase.events.bus import EventBus
+from corebase.events.types import EventFilter
+from corebase.runtime.types import LogOptions
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close codes in the application range: a bad request and a failure on the server's side.
+CLOSE_BAD_REQUEST = 4400
+CLOSE_NOT_FOUND = 4404
+CLOSE_CONFLICT = 4409
+CLOSE_UNAVAILABLE = 4503
+
+_encode = msgspec.json.Encoder().encode
+
+
+class SubscribeMessage(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    action: str
+    types: list[str] = []
+    container_ids: list[str] = []
+    project_ids: list[str] = []
+
+
+def _split(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def _error(field: str | None, detail: str, status: int = 422) -> bytes:
+    return _encode({"type": "error", "status": status, "field": field, "detail": detail})
+
+
+@websocket(
+    "/api/events",
+    summary="Live events: container lifecycle, metric samples and alert changes",
+    description="Query parameters types, containerId and projectId take comma-separated values. Metric "
+    "samples are sent only for containers named in containerId.",
+)
+async def events_socket(socket: WebSocket) -> None:
+    caller: Caller = socket.user
+    bus: EventBus = socket.app.state.bus
+    query = socket.query_params
+    wanted = EventFilter(
+        types=_split(query.get("types")),
+        container_ids=_split(query.get("containerId")),
+        project_ids=_split(query.get("projectId")),
+    )
+    await socket.accept()
+    problem = wanted.problem()
+    if problem:
+        await socket.send_text(_error(*problem).decode())
+        await socket.close(code=CLOSE_BAD_REQUEST, reason=problem[1][:120])
+        return
+
+    changed = asyncio.Event()
+    state = {"filter": wanted}
+
+    async def read_client() -> None:
+        while True:
+            raw = await socket.receive_data(mode="text")
+            try:
+                message = msgspec.json.decode(raw, type=SubscribeMessage)
+            except msgspec.ValidationError as exc:
+                await socket.send_text(_error(None, f"invalid message: {exc}").decode())
+                continue
+            except msgspec.DecodeError:
+                await socket.send_text(_error(None, "messages must be JSON objects such as "
+                                           '{"action": "subscribe", "types": ["container"]}').decode())
+                continue
+            if message.action != "subscribe":
+                await socket.send_text(_error("action", f"unknown action {message.action!r}; use 'subscribe'").decode())
+                continue
+            candidate = EventFilter(types=message.types, container_ids=message.container_ids, project_ids=message.project_ids)
+            problem = candidate.problem()
+            if problem:
+                await socket.send_text(_error(*problem).decode())
+                continue
+            state["filter"] = candidate
+            changed.set()
+
+    async def forward() -> None:
+        while True:
+            current: EventFilter = state["filter"]
+            changed.clear()
+            await socket.send_text(_encode({"type": "subscribed", "filter": current}).decode())
+            async with bus.subscribe(current.channels()) as events:
+                waiter = asyncio.ensure_future(changed.wait())
+                try:
+                    async for event, payload in _until(events, waiter):
+                        if not caller.is_admin and event.owner != caller.user:
+                            continue
+                        if current.matches(event):
+                            await socket.send_text(payload.decode())
+                finally:
+                    waiter.cancel()
+
+    await _run_until_disconnect(socket, read_client(), forward())
+
+
+async def _until(events, waiter: asyncio.Future):
+    """Yield from `events` until `waiter` completes."""
+    iterator = events.__aiter__()
+    following: asyncio.Future | None = None
+    try:
+        while True:
+            following = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({following, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if following not in done:
+                return
+            try:
+                item = following.result()
+            except StopAsyncIteration:
+                return
+            following = None
+            yield item
+    finally:
+        if following is not None and not following.done():
+            following.cancel()
+        if following is not None:
+            with contextlib.suppress(BaseException):
+                await following
+
+
+@websocket(
+    "/api/runtime/logs/ws",
+    summary="Follow a container's logs over a WebSocket",
+    description="Same query parameters as GET /api/runtime/logs (containerId, tail, since, until, "
+    "timestamps, stdout, stderr, follow; follow defaults to true here). Each message is "
+    '{"type": "log", "stream": "stdout", "data": "..."}; the last is {"type": "end"}.',
+)
+async def logs_socket(socket: WebSocket) -> None:
+    caller: Caller = socket.user
+    containers = socket.app.state.containers
+    query = socket.query_params
+    await socket.accept()
+    try:
+        container_id = query.get("containerId")
+        if not container_id:
+            raise InvalidField("containerId", "containerId is missing; name the container whose logs to follow", status=400)
+        options = LogOptions(
+            stdout=_flag(query, "stdout", True),
+            stderr=_flag(query, "stderr", True),
+            follow=_flag(query, "follow", True),
+            tail=parse_tail(query.get("tail")),
+            since=parse_log_time("since", query.get("since")),
+            until=parse_log_time("until", query.get("until")),
+            timestamps=_flag(query, "timestamps", False),
+        )
+        if not options.stdout and not options.stderr:
+            raise InvalidField("stdout", "stdout and stderr are both false; select at least one stream", status=400)
+        check_window(options.since, options.until)
+        chunks = await containers.logs(caller, container_id, options)
+    except ApiError as exc:
+        await socket.send_text(_error(getattr(exc, "field", None), exc.detail, exc.status).decode())
+        await socket.close(code=_close_code(exc.status), reason=exc.detail[:120])
+        return
+
+    async def forward() -> None:
+        decoders = {"stdout": codecs.getincrementaldecoder("utf-8")("replace"), "stderr": codecs.getincrementaldecoder("utf-8")("replace")}
+        async for chunk in chunks:
+            text = decoders[chunk.stream].decode(chunk.data)
+            if text:
+                await socket.send_text(_encode({"type": "log", "stream": chunk.stream, "data": text}).decode())
+        for stream, decoder in decoders.items():
+            rest = decoder.decode(b"", final=True)
+            if rest:
+                await socket.send_text(_encode({"type": "log", "stream": stream, "data": rest}).decode())
+        await socket.send_text(_encode({"type": "end"}).decode())
+        await socket.close()
+
+    async def read_client() -> None:
+        while True:
+            await socket.receive_data(mode="text")
+
+    try:
+        await _run_until_disconnect(socket, read_client(), forward())
+    finally:
+        await chunks.aclose()
+
+
+def _flag(query, name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidField(name, f"{name} {value!r} is not a boolean; use true or false", status=400)
+
+
+def _close_code(status: int) -> int:
+    return {404: CLOSE_NOT_FOUND, 409: CLOSE_CONFLICT, 503: CLOSE_UNAVAILABLE}.get(status, CLOSE_BAD_REQUEST if status < 500 else 4500)
+
+
+async def _run_until_disconnect(socket: WebSocket, *jobs) -> None:
+    """Run the jobs until the first ends (or the client leaves), then stop the others."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                logger.error("WebSocket %s failed", socket.url.path, exc_info=exc)
+                with contextlib.suppress(Exception):
+                    await socket.close(code=1011)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
