@@ -152,6 +152,8 @@ class EventSettings(Section):
 class RedisSettings(Section):
     url: str = ""
     """redis://host:port/db shared by several API processes for live events; empty keeps events in-process."""
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[\w.:-]+$")] = "corebase"
+    """Prefix of CoreBase's Redis channels, so several installations can share one Redis."""
 
 
 class TemplateSettings(Section):

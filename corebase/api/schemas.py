@@ -207,6 +207,21 @@ class HealthRecord(Record):
     engine: ComponentHealth
 
 
+class MonitoringRecord(Record):
+    """What this API process does for monitoring. Only the leader samples; every process follows events."""
+
+    process: str
+    leader: bool
+    enabled: bool
+    interval: float
+    collector: str
+    bus: Literal["memory", "redis"]
+    rounds: int
+    last_round_seconds: float
+    engine_events_connected: bool
+    engine_events_reconnects: int
+
+
 class PluginRecord(Record):
     name: str
     version: str | None

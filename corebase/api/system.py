@@ -1,4 +1,4 @@
-"""/health and /api/plugins."""
+"""/health, /api/plugins and /api/monitoring."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from corebase import __version__, db
-from corebase.api.schemas import ComponentHealth, HealthRecord, PluginRecord
+from corebase.api.schemas import ComponentHealth, HealthRecord, MonitoringRecord, PluginRecord
 from corebase.auth.caller import Caller
 from corebase.errors import ApiError
 from corebase.plugins import AppContext, describe_plugins
@@ -38,6 +38,22 @@ class SystemController(Controller):
     async def plugins(self, state: State, caller: NamedDependency[Caller]) -> list[PluginRecord]:
         context: AppContext = state.context
         return [PluginRecord(**item) for item in describe_plugins(context.plugin_manager)]
+
+    @get("/api/monitoring", summary="This process's part in monitoring: leadership, sampling, event stream")
+    async def monitoring(self, state: State, caller: NamedDependency[Caller]) -> MonitoringRecord:
+        monitor = state.monitor
+        return MonitoringRecord(
+            process=monitor.holder,
+            leader=monitor.leader,
+            enabled=monitor.settings.enabled,
+            interval=monitor.settings.interval,
+            collector=monitor.collector.name,
+            bus=state.bus.kind,
+            rounds=monitor.rounds,
+            last_round_seconds=round(monitor.last_round_seconds, 6),
+            engine_events_connected=monitor.watcher.connected.is_set(),
+            engine_events_reconnects=monitor.watcher.reconnects,
+        )
 
 
 async def _probe_database(state: State) -> ComponentHealth:

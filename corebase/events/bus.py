@@ -33,7 +33,7 @@ class EventBus:
             from redis.asyncio import Redis
 
             self._redis = Redis.from_url(self.redis_url)
-            backend = RedisChannelsPubSubBackend(redis=self._redis, key_prefix="corebase-events")
+            backend = RedisChannelsPubSubBackend(redis=self._redis, key_prefix=f"{settings.redis.key_prefix}:events")
         else:
             backend = MemoryChannelsBackend()
         self.channels = ChannelsPlugin(

@@ -73,6 +73,7 @@ class EngineWatcher:
         delay = self.reconnect_delay
         while True:
             try:
+                await self.runtime.info()
                 self.connected.set()
                 async for raw in self.runtime.events(MANAGED_LABELS, self._since_ns):
                     delay = self.reconnect_delay

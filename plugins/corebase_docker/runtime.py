@@ -189,7 +189,8 @@ class DockerRuntime:
             raw = await docker._query_json(
                 f"containers/{engine_id}/stats", params={"stream": False, "one-shot": True}
             )
-        if not is_running_sample(raw):
+        # A container being removed answers with an empty body ("null").
+        if not isinstance(raw, dict) or not is_running_sample(raw):
             raise ContainerNotRunning(engine_id)
         return parse_stats(raw)
 

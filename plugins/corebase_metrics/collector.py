@@ -40,6 +40,8 @@ class StatsCollector:
                     logger.warning("stats of container %s took over %.1f s; skipped this round", target.container_id, self.call_timeout)
                 except ApiError as exc:
                     logger.debug("stats of container %s failed: %s", target.container_id, exc)
+                except Exception:
+                    logger.exception("stats of container %s failed unexpectedly", target.container_id)
                 return target, None
 
         readings = await asyncio.gather(*(read(target) for target in targets))
