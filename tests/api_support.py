@@ -127,3 +127,18 @@ async def remove_server_containers(data_dir: Path) -> None:
     with sqlite3.connect(database) as connection:
         ids = {row[0] for row in connection.execute("SELECT id FROM containers")}
     await remove_containers("corebase.managed=true", ids)
+
+
+async def remove_database_containers(database_url: str) -> None:
+    """Remove the engine containers of every row in the test database's `containers` table.
+
+    Pool members carry only CoreBase's labels, not RUN_LABEL, so the `corebase.id` label is the
+    one that ties them to this test. The ids are random, so no other container matches.
+    """
+    connection = await asyncpg.connect(database_url)
+    try:
+        ids = {row["id"] for row in await connection.fetch("SELECT id FROM containers")}
+    finally:
+        await connection.close()
+
+    await remove_containers("corebase.id", ids)

@@ -25,7 +25,7 @@ from api_support import (
     RUN_LABEL,
     create_postgres_database,
     drop_postgres_database,
-    remove_containers,
+    remove_database_containers,
     toolbox_template_env,
 )
 from support.server import RunningServer, run_server
@@ -99,21 +99,6 @@ async def delete_pool(servers: list[RunningServer]) -> None:
                 continue
         if response.status_code in (204, 404):
             return
-
-
-async def remove_database_containers(database_url: str) -> None:
-    """Remove the engine containers of every row in the test database's `containers` table.
-
-    Pool members carry only CoreBase's labels, not RUN_LABEL, so the `corebase.id` label is the
-    one that ties them to this test. The ids are random, so no other container matches.
-    """
-    connection = await asyncpg.connect(database_url)
-    try:
-        ids = {row["id"] for row in await connection.fetch("SELECT id FROM containers")}
-    finally:
-        await connection.close()
-
-    await remove_containers("corebase.id", ids)
 
 
 async def configure_pool(client: httpx.AsyncClient, min_idle: int, max_idle: int, max_total: int) -> dict:
