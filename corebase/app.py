@@ -21,6 +21,7 @@ from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
 from corebase.api.pools import PoolController
+from corebase.api.prometheus import PrometheusPlugin
 from corebase.api.runtime import RuntimeController
 from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
@@ -76,6 +77,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         },
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
+        plugins=[PrometheusPlugin(settings)],
         lifespan=[_lifespan],
         state=State(
             {

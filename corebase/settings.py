@@ -126,7 +126,7 @@ class MonitoringSettings(Section):
     rollup_retention: Annotated[int, msgspec.Meta(ge=60)] = 30 * 86400
     """Seconds rollup rows are kept."""
     prometheus_auth: bool = True
-    """Require an API key for GET /metrics; turn off only where the port is reachable by trusted scrapers alone."""
+    """Require an admin API key for GET /metrics. Turn it off only where trusted scrapers alone can reach the port."""
 
 
 class AlertSettings(Section):
