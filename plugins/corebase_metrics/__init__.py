@@ -9,10 +9,17 @@ from __future__ import annotations
 from corebase import hookimpl
 from corebase.settings import Settings
 from corebase_metrics.collector import StatsCollector
+from corebase_metrics.notifiers import LogNotifier, WebhookNotifier
 
-__all__ = ["StatsCollector", "corebase_collector"]
+__all__ = ["LogNotifier", "StatsCollector", "WebhookNotifier", "corebase_collector", "corebase_notifiers"]
 
 
 @hookimpl(trylast=True)
 def corebase_collector(settings: Settings) -> StatsCollector:
     return StatsCollector(settings.monitoring.call_timeout, settings.monitoring.max_parallel)
+
+
+@hookimpl
+def corebase_notifiers(settings: Settings) -> list[WebhookNotifier | LogNotifier]:
+    alerts = settings.alerts
+    return [WebhookNotifier(alerts.webhook_timeout, alerts.webhook_hosts), LogNotifier()]
