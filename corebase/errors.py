@@ -13,7 +13,9 @@
         │   ├── ContainerNotFound
         │   ├── ImageNotFound
         │   ├── TemplateNotFound
-        │   └── PoolNotFound
+        │   ├── PoolNotFound
+        │   ├── RuleNotFound
+        │   └── AlertNotFound
         ├── Conflict                 409
         │   ├── NameInUse
         │   ├── ContainerNotRunning
@@ -176,6 +178,24 @@ class PoolNotFound(NotFound):
         super().__init__(
             f"template {template!r} has no pool; create one with PUT /api/runtime/pools/{template}", template=template
         )
+
+
+class RuleNotFound(NotFound):
+    slug = "rule-not-found"
+    title = "Alert rule not found"
+
+    def __init__(self, rule_id: str) -> None:
+        super().__init__(
+            f"alert rule {rule_id!r} does not exist; list your rules with GET /api/alerts/rules", ruleId=rule_id
+        )
+
+
+class AlertNotFound(NotFound):
+    slug = "alert-not-found"
+    title = "Alert not found"
+
+    def __init__(self, alert_id: str) -> None:
+        super().__init__(f"alert {alert_id!r} does not exist; list your alerts with GET /api/alerts", alertId=alert_id)
 
 
 class Conflict(ApiError):

@@ -137,9 +137,10 @@ class AlertSettings(Section):
     webhook_backoff: PositiveFloat = 1.0
     """Seconds before the first retry; each later retry waits twice as long as the one before."""
     webhook_hosts: list[str] = []
-    """Hosts webhook notifiers may send to; empty allows any host."""
+    """Hosts, or host:port pairs, that webhook notifiers may send to; empty allows any host."""
     restart_window: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-    """Default window, in seconds, over which a restart_loop rule counts restarts."""
+    """Default `window` of lifecycle alert rules, in seconds: a restart_loop rule counts starts over it, and a
+    lifecycle alert resolves once its container has run this long with no new occurrence."""
 
 
 class EventSettings(Section):
