@@ -17,6 +17,8 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from corebase import __version__, db
+from corebase.alerts.service import AlertService
+from corebase.api.alerts import AlertController
 from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
@@ -66,6 +68,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             RuntimeController,
             TemplateController,
             PoolController,
+            AlertController,
             events_socket,
             logs_socket,
             *extra_routes,
@@ -74,6 +77,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             "caller": Provide(provide_caller, sync_to_thread=False),
             "containers": Provide(_provide_containers, sync_to_thread=False),
             "monitor": Provide(_provide_monitor, sync_to_thread=False),
+            "alerts": Provide(_provide_alerts, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -111,6 +115,10 @@ def _provide_monitor(state: State) -> MonitorService:
     return state.monitor
 
 
+def _provide_alerts(state: State) -> AlertService:
+    return state.alerts
+
+
 @asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     context: AppContext = app.state.context
@@ -132,7 +140,10 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 
         await bus.start()
         app.state.bus = context.state["bus"] = bus
-        monitor = MonitorService(settings, context.runtime, context.collector, bus, containers)
+        alerts = AlertService(settings, bus, context.notifiers)
+        app.state.alerts = context.state["alerts"] = alerts
+        await alerts.start()
+        monitor = MonitorService(settings, context.runtime, context.collector, bus, containers, alerts=alerts)
         app.state.monitor = context.state["monitor"] = monitor
         await monitor.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
@@ -140,6 +151,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         if "monitor" in context.state:
             await context.state["monitor"].stop()
+        if "alerts" in context.state:
+            await context.state["alerts"].stop()
         if "pools" in context.state:
             await context.state["pools"].stop()
         if "bus" in context.state:
