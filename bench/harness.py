@@ -12,11 +12,13 @@ import asyncio
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -437,3 +439,75 @@ def check_engine_address() -> None:
     host = urlsplit(address).hostname or ""
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"DOCKER_HOST={address} is not a local engine; this benchmark talks only to loopback addresses")
+
+
+# --- running a benchmark -------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One benchmark run: its id (the value of RUN_LABEL), its data directory and its servers."""
+
+    run_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="corebase-bench-")))
+    servers: list[Server] = field(default_factory=list)
+
+    def start_server(self, settings: dict[str, str] | None = None, name: str = "server") -> Server:
+        directory = self.data_dir / name
+        directory.mkdir(parents=True, exist_ok=True)
+        server = start_server(directory, settings)
+        self.servers.append(server)
+        return server
+
+
+def server_cpu_seconds(server: Server) -> float:
+    """CPU time (user + system) the server process has used so far, from /proc."""
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: utime and stime are fields 12 and 13 of the rest, in clock ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_main(benchmark: Callable[[Run], Awaitable[dict[str, Any]]], report: Callable[[dict[str, Any]], None]) -> int:
+    """Run `benchmark`, then stop every server and remove this run's containers, whatever happened.
+
+    SIGTERM cancels the run like Ctrl-C does. Returns the process exit code: 0 when a report was
+    printed, 1 on failure, 130 when interrupted.
+    """
+    check_engine_address()
+    run = Run()
+    print(f"run id {run.run_id}: every container this run creates carries the label {RUN_LABEL}={run.run_id}", file=sys.stderr)
+
+    async def guarded() -> dict[str, Any]:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+        return await benchmark(run)
+
+    result = None
+    interrupted = False
+    try:
+        result = asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        interrupted = True
+        print("interrupted", file=sys.stderr)
+    except TimeoutError:
+        print(f"benchmark failed: a request timed out after {REQUEST_TIMEOUT:g} s", file=sys.stderr)
+    except (RuntimeError, aiodocker.DockerError, httpx.HTTPError, OSError) as exc:
+        print(f"benchmark failed: {exc!r}", file=sys.stderr)
+    finally:
+        previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            print("cleaning up", file=sys.stderr, flush=True)
+            for server in run.servers:
+                stop_server(server)
+                if result is None and not interrupted:
+                    print("server log ends with:\n" + server.log_tail(), file=sys.stderr)
+            removed = asyncio.run(remove_run_containers(run.run_id))
+            if removed:
+                print(f"removed {removed} container(s) of this run", file=sys.stderr)
+            shutil.rmtree(run.data_dir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+
+    if result is None:
+        return 130 if interrupted else 1
+    report(result)
+    return 0

@@ -81,6 +81,8 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=30,
+        # Compressing every event for every WebSocket client costs more CPU and memory than it saves.
+        ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -26,7 +26,7 @@ from corebase.api.logs import check_window, parse_log_time, parse_tail
 from corebase.auth.caller import Caller
 from corebase.errors import ApiError, InvalidField
 from corebase.events.bus import EventBus
-from corebase.events.types import EventFilter
+from corebase.events.types import Event, EventFilter
 from corebase.runtime.types import LogOptions
 
 logger = logging.getLogger(__name__)
@@ -77,73 +77,62 @@ async def events_socket(socket: WebSocket) -> None:
         await socket.close(code=CLOSE_BAD_REQUEST, reason=problem[1][:120])
         return
 
-    changed = asyncio.Event()
-    state = {"filter": wanted}
+    async def forward(current: EventFilter) -> None:
+        def accepts(event: Event) -> bool:
+            return (caller.is_admin or event.owner == caller.user) and current.matches(event)
+
+        async with bus.listen(accepts) as listener:
+            await socket.send_text(_encode({"type": "subscribed", "filter": current}).decode())
+            while True:
+                for payload in await listener.next_batch():
+                    await socket.send_text(payload.decode())
 
     async def read_client() -> None:
-        while True:
-            raw = await socket.receive_data(mode="text")
-            try:
-                message = msgspec.json.decode(raw, type=SubscribeMessage)
-            except msgspec.ValidationError as exc:
-                await socket.send_text(_error(None, f"invalid message: {exc}").decode())
-                continue
-            except msgspec.DecodeError:
-                await socket.send_text(_error(None, "messages must be JSON objects such as "
-                                           '{"action": "subscribe", "types": ["container"]}').decode())
-                continue
-            if message.action != "subscribe":
-                await socket.send_text(_error("action", f"unknown action {message.action!r}; use 'subscribe'").decode())
-                continue
-            candidate = EventFilter(types=message.types, container_ids=message.container_ids, project_ids=message.project_ids)
-            problem = candidate.problem()
-            if problem:
-                await socket.send_text(_error(*problem).decode())
-                continue
-            state["filter"] = candidate
-            changed.set()
-
-    async def forward() -> None:
-        while True:
-            current: EventFilter = state["filter"]
-            changed.clear()
-            await socket.send_text(_encode({"type": "subscribed", "filter": current}).decode())
-            async with bus.subscribe(current.channels()) as events:
-                waiter = asyncio.ensure_future(changed.wait())
-                try:
-                    async for event, payload in _until(events, waiter):
-                        if not caller.is_admin and event.owner != caller.user:
-                            continue
-                        if current.matches(event):
-                            await socket.send_text(payload.decode())
-                finally:
-                    waiter.cancel()
-
-    await _run_until_disconnect(socket, read_client(), forward())
-
-
-async def _until(events, waiter: asyncio.Future):
-    """Yield from `events` until `waiter` completes."""
-    iterator = events.__aiter__()
-    following: asyncio.Future | None = None
-    try:
-        while True:
-            following = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({following, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if following not in done:
-                return
-            try:
-                item = following.result()
-            except StopAsyncIteration:
-                return
-            following = None
-            yield item
-    finally:
-        if following is not None and not following.done():
-            following.cancel()
-        if following is not None:
+        # A new filter replaces the forwarding task, so forwarding itself stays a plain loop.
+        forwarding = asyncio.ensure_future(forward(wanted))
+        try:
+            while True:
+                receiving = asyncio.ensure_future(socket.receive_data(mode="text"))
+                done, _ = await asyncio.wait({receiving, forwarding}, return_when=asyncio.FIRST_COMPLETED)
+                if forwarding in done:
+                    receiving.cancel()
+                    forwarding.result()
+                    return
+                candidate = await _read_subscription(socket, receiving.result())
+                if candidate is not None:
+                    forwarding.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await forwarding
+                    forwarding = asyncio.ensure_future(forward(candidate))
+        finally:
+            forwarding.cancel()
             with contextlib.suppress(BaseException):
-                await following
+                await forwarding
+
+    await _run_until_disconnect(socket, read_client())
+
+
+async def _read_subscription(socket: WebSocket, raw: str) -> EventFilter | None:
+    """Decode a client's subscribe message; answer an invalid one with an error and return None."""
+    try:
+        message = msgspec.json.decode(raw, type=SubscribeMessage)
+    except msgspec.ValidationError as exc:
+        await socket.send_text(_error(None, f"invalid message: {exc}").decode())
+        return None
+    except msgspec.DecodeError:
+        await socket.send_text(
+            _error(None, 'messages must be JSON objects such as {"action": "subscribe", "types": ["container"]}').decode()
+        )
+        return None
+    if message.action != "subscribe":
+        await socket.send_text(_error("action", f"unknown action {message.action!r}; use 'subscribe'").decode())
+        return None
+    candidate = EventFilter(types=message.types, container_ids=message.container_ids, project_ids=message.project_ids)
+    problem = candidate.problem()
+    if problem:
+        await socket.send_text(_error(*problem).decode())
+        return None
+    return candidate
 
 
 @websocket(

@@ -1,14 +1,19 @@
 """The event bus: Litestar's channels, on memory in one process or on Redis pub/sub across several.
 
 Publishing never blocks the publisher: events queue and a background task sends them. Each
-subscriber has a bounded backlog; a client that reads too slowly loses its oldest events rather
+process subscribes once to every channel and hands each event to the local listeners whose filter
+matches it, so an event is decoded once per process however many WebSocket clients there are.
+Each listener has a bounded backlog; a client that reads too slowly loses its oldest events rather
 than holding the server's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -24,9 +29,36 @@ _decode = msgspec.json.Decoder(Event).decode
 _encode = msgspec.json.Encoder().encode
 
 
+class Listener:
+    """One local consumer: a predicate over events and a bounded queue of the matching events' JSON."""
+
+    def __init__(self, accepts: Callable[[Event], bool], backlog: int) -> None:
+        self.accepts = accepts
+        self.dropped = 0
+        self._items: deque[bytes] = deque(maxlen=backlog)
+        self._ready = asyncio.Event()
+
+    def offer(self, event: Event, payload: bytes) -> None:
+        if self.accepts(event):
+            if len(self._items) == self._items.maxlen:
+                self.dropped += 1
+            self._items.append(payload)
+            self._ready.set()
+
+    async def next_batch(self) -> list[bytes]:
+        """Wait for at least one event; return every event waiting, oldest first."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+
 class EventBus:
     def __init__(self, settings: Settings) -> None:
         self.redis_url = settings.redis.url
+        self.backlog = settings.events.subscriber_backlog
         self._redis = None
         if self.redis_url:
             from litestar.channels.backends.redis import RedisChannelsPubSubBackend
@@ -39,9 +71,11 @@ class EventBus:
         self.channels = ChannelsPlugin(
             backend=backend,
             channels=CHANNELS,
-            subscriber_max_backlog=settings.events.subscriber_backlog,
+            subscriber_max_backlog=self.backlog,
             subscriber_backlog_strategy="dropleft",
         )
+        self._listeners: set[Listener] = set()
+        self._dispatcher: asyncio.Task | None = None
 
     @property
     def kind(self) -> str:
@@ -51,32 +85,44 @@ class EventBus:
         if self._redis is not None:
             await self._redis.ping()
         await self.channels.__aenter__()
+        subscriber = await self.channels.subscribe(list(CHANNELS))
+        self._dispatcher = asyncio.create_task(self._dispatch(subscriber.iter_events()), name="corebase-event-dispatch")
 
     async def stop(self) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
         await self.channels.__aexit__(None, None, None)
         if self._redis is not None:
             await self._redis.aclose()
 
     def publish(self, event: Event) -> None:
-        """Queue an event for every subscriber of its channel, in this process and others."""
+        """Queue an event for every listener of its channel, in this process and others."""
         try:
             self.channels.publish(_encode(event), channel_of(event.type))
         except RuntimeError:
             logger.debug("event %s dropped: the bus is not running", event.type)
 
-    async def wait_published(self, event: Event) -> None:
-        await self.channels.wait_published(_encode(event), channel_of(event.type))
-
     @asynccontextmanager
-    async def subscribe(self, channels: list[str]) -> AsyncIterator[AsyncIterator[tuple[Event, bytes]]]:
-        """Subscribe to `channels`; yield an iterator of (event, its JSON), unsubscribing on exit."""
-        async with self.channels.start_subscription(channels) as subscriber:
-            yield _events(subscriber.iter_events())
-
-
-async def _events(payloads: AsyncIterator[bytes]) -> AsyncIterator[tuple[Event, bytes]]:
-    async for payload in payloads:
+    async def listen(self, accepts: Callable[[Event], bool]) -> AsyncIterator[Listener]:
+        """Register a listener for the events `accepts` approves, removing it on exit."""
+        listener = Listener(accepts, self.backlog)
+        self._listeners.add(listener)
         try:
-            yield _decode(payload), payload
-        except msgspec.DecodeError:
-            logger.warning("an event on the bus could not be decoded; it was skipped")
+            yield listener
+        finally:
+            self._listeners.discard(listener)
+
+    async def _dispatch(self, payloads: AsyncIterator[bytes]) -> None:
+        async for payload in payloads:
+            try:
+                event = _decode(payload)
+            except msgspec.DecodeError:
+                logger.warning("an event on the bus could not be decoded; it was skipped")
+                continue
+            for listener in list(self._listeners):
+                try:
+                    listener.offer(event, payload)
+                except Exception:
+                    logger.exception("an event listener failed on %s", event.type)

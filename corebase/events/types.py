@@ -64,14 +64,9 @@ class EventFilter(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
                 return "types", f"unknown event type {name!r}; use one of {allowed}"
         return None
 
-    def channels(self) -> list[str]:
-        """The bus channels this filter needs. Metric samples only when containers are named."""
-        wanted = {channel_of(name) for name in self.types} if self.types else set(CHANNELS)
-        if not self.container_ids:
-            wanted.discard("metric")
-        return [channel for channel in CHANNELS if channel in wanted]
-
     def matches(self, event: Event) -> bool:
+        if not self.container_ids and event.type in METRIC_TYPES:
+            return False
         if self.types and event.type not in self.types and channel_of(event.type) not in self.types:
             return False
         if self.container_ids and event.container_id not in self.container_ids:
