@@ -16,7 +16,9 @@ import aiohttp
 import httpx
 import pytest
 
-from api_support import cleanup_run_containers
+from api_support import cleanup_run_containers, create_postgres_database, drop_postgres_database
+from corebase import db
+from corebase.settings import load_settings
 from support.images import ensure_test_image, ensure_toolbox_image
 from support.services import require_engine, service_address
 
@@ -97,3 +99,30 @@ def _require_marked_services(request: pytest.FixtureRequest) -> None:
     for marker, fixture in _FIXTURE_FOR_MARKER.items():
         if request.node.get_closest_marker(marker) is not None:
             request.getfixturevalue(fixture)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_settings(request, tmp_path):
+    """Settings for a fresh database: an SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield load_settings(environ={}, overrides={"server": {"data_dir": str(tmp_path)}})
+        return
+    admin_url = request.getfixturevalue("postgres_url")
+    database_url = await create_postgres_database(admin_url)
+    try:
+        yield load_settings(
+            environ={"COREBASE_DATABASE_URL": database_url}, overrides={"server": {"data_dir": str(tmp_path)}}
+        )
+    finally:
+        await drop_postgres_database(admin_url, database_url)
+
+
+@pytest.fixture
+async def database(database_settings):
+    """A connected, migrated database on each backend."""
+    engine = await db.connect(database_settings)
+    try:
+        await db.migrate()
+        yield engine
+    finally:
+        await db.disconnect(engine)

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from api_support import create_postgres_database, drop_postgres_database
 from corebase import db
 from corebase.auth.keys import KeyVerifier, create_key, seed_admin_key
 from corebase.auth.tables import ApiKey
@@ -18,31 +17,6 @@ from corebase.metrics.tables import RuntimeMetric
 from corebase.quotas.tables import UserQuota
 from corebase.settings import load_settings
 from corebase.templates.tables import ContainerTemplate
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def settings(request, tmp_path):
-    if request.param == "sqlite":
-        yield load_settings(environ={}, overrides={"server": {"data_dir": str(tmp_path)}})
-        return
-    admin_url = request.getfixturevalue("postgres_url")
-    database_url = await create_postgres_database(admin_url)
-    try:
-        yield load_settings(
-            environ={"COREBASE_DATABASE_URL": database_url}, overrides={"server": {"data_dir": str(tmp_path)}}
-        )
-    finally:
-        await drop_postgres_database(admin_url, database_url)
-
-
-@pytest.fixture
-async def database(settings):
-    engine = await db.connect(settings)
-    try:
-        await db.migrate()
-        yield engine
-    finally:
-        await db.disconnect(engine)
 
 
 def now() -> datetime:
@@ -133,7 +107,8 @@ async def test_expired_key_is_rejected_even_when_cached(database):
         await verifier.verify(secret)
 
 
-async def test_admin_key_is_generated_once(database, settings):
+async def test_admin_key_is_generated_once(database, database_settings):
+    settings = database_settings
     key_file = await seed_admin_key(settings)
     assert key_file == settings.data_path / "admin-api-key"
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600

@@ -94,9 +94,11 @@ class MetricStore:
         now = now or time.time()
         return 0 if start >= now - self.raw_retention else self.rollup_step
 
-    async def history(self, container_id: str, start: int, end: int, step: int) -> tuple[int, list[HistoryPoint]]:
+    async def history(
+        self, container_id: str, start: int, end: int, step: int, now: float | None = None
+    ) -> tuple[int, list[HistoryPoint]]:
         """Return the resolution used and one point per step in [start, end) that has samples."""
-        resolution = self.resolution_for(start)
+        resolution = self.resolution_for(start, now)
         step = max(int(step), resolution or 1)
         rows = await RuntimeMetric.raw(
             f"""
