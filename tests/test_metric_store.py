@@ -119,7 +119,7 @@ async def test_prune_deletes_data_past_retention(store):
 
 
 async def test_history_past_raw_retention_reads_rollups(store):
-    now = T0 + 10_000
+    now = T0 + 9960
     # now - 5040 starts a minute, so the six samples fall into one rollup step.
     await store.insert([sample("ctr_a", now - 5040 + offset, 40.0, 400) for offset in range(0, 60, 10)])
     await store.rollup(now=now)
