@@ -12,7 +12,7 @@ import pytest
 
 from corebase import hookimpl, hookspecs
 from corebase.errors import PluginError
-from corebase.plugins import build_plugin_manager, collect_named, describe_plugins, load_runtime
+from corebase.plugins import build_plugin_manager, collect_named, describe_plugins, load_collector, load_runtime
 from corebase.settings import load_settings
 from corebase.templates import TemplateSpec
 
@@ -48,6 +48,7 @@ def test_describe_lists_versions_and_hooks():
     assert described["corebase_policies"]["hooks"] == ["corebase_security_policies"]
     assert described["corebase_templates"]["hooks"] == ["corebase_templates"]
     assert described["corebase_pool"]["hooks"] == ["corebase_pool_strategy"]
+    assert described["corebase_metrics"]["hooks"] == ["corebase_collector", "corebase_notifiers"]
     assert described["corebase_docker"]["version"]
 
 
@@ -201,3 +202,31 @@ def test_every_hook_is_documented_with_its_signature(name):
     signature = f"def {name}{inspect.signature(function)}".replace("'", "")
     text = DOCS.read_text()
     assert signature in re.sub(r"\s+", " ", text), f"docs/plugins.md lacks '{signature}'"
+
+
+def test_installed_collector_replaces_the_builtin():
+    class CountingCollector:
+        name = "counting"
+
+        async def sample(self, runtime, targets):
+            return []
+
+    class CollectorPlugin:
+        @hookimpl
+        def corebase_collector(self, settings):
+            return CountingCollector()
+
+    manager = build_plugin_manager(settings(), extra_plugins=[CollectorPlugin()])
+    assert load_collector(manager, settings()).name == "counting"
+    assert load_collector(build_plugin_manager(settings()), settings()).name == "stats"
+
+
+def test_missing_collector_names_the_builtin():
+    blocked = settings(disabled=["corebase_metrics"])
+    with pytest.raises(PluginError, match="no plugin provides a metrics collector.*corebase_metrics"):
+        load_collector(build_plugin_manager(blocked), blocked)
+
+
+def test_builtin_notifiers_are_webhook_and_log():
+    notifiers = collect_named(build_plugin_manager(settings()), "corebase_notifiers", settings(), "notifier")
+    assert sorted(notifier.name for notifier in notifiers) == ["log", "webhook"]
