@@ -305,3 +305,42 @@ async def test_engine_stream_resumes_after_a_drop_without_duplicates(tmp_path, d
     finally:
         proxy.stop()
         await remove_server_containers(data_dir)
+
+
+async def developer_key(server: RunningServer, user: str) -> str:
+    """Store a developer key for `user` in the server's SQLite database, as an admin tool would."""
+    from corebase import db
+    from corebase.auth.keys import create_key
+    from corebase.settings import load_settings
+
+    settings = load_settings(environ={}, overrides={"server": {"data_dir": str(server.data_dir)}})
+    engine = await db.connect(settings)
+    try:
+        _, secret = await create_key(f"{user}-key", user, "developer")
+    finally:
+        await db.disconnect(engine)
+    return secret
+
+
+async def test_non_admins_see_only_their_own_events(monitored, api, test_image):
+    alice_key = await developer_key(monitored, "alice")
+    project = "proj-" + secrets.token_hex(4)
+    async with monitored.async_client(alice_key) as alice:
+        async with event_socket(monitored, f"types=container.started&projectId={project}", key=alice_key) as alice_socket:
+            async with event_socket(monitored, f"types=container.started&projectId={project}") as admin_socket:
+                theirs = await start(api, test_image, command=["sleep", "600"], projectId=project)
+                mine = await start(alice, test_image, command=["sleep", "600"], projectId=project)
+
+                seen_by_alice = await next_message(alice_socket, lambda message: message["type"] == "container.started")
+                assert seen_by_alice["containerId"] == mine["id"]
+                seen_by_admin = {
+                    (await next_message(admin_socket, lambda message: message["type"] == "container.started"))["containerId"]
+                    for _ in range(2)
+                }
+                assert seen_by_admin == {mine["id"], theirs["id"]}
+
+        # Naming another user's container does not reveal its samples.
+        async with event_socket(monitored, f"types=metric&containerId={theirs['id']}", key=alice_key) as socket:
+            assert await collect(socket, 2.5) == []
+        await remove(alice, mine["id"])
+    await remove(api, theirs["id"])
