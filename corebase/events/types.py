@@ -25,7 +25,7 @@ METRIC_TYPES = ("metric.sample",)
 ALERT_TYPES = ("alert.pending", "alert.firing", "alert.resolved")
 EVENT_TYPES = CONTAINER_TYPES + METRIC_TYPES + ALERT_TYPES
 
-# One bus channel per family, so clients that want no metric samples never decode them.
+# One bus channel per family of event types.
 CHANNELS = ("container", "metric", "alert")
 
 
@@ -34,7 +34,7 @@ def channel_of(event_type: str) -> str:
 
 
 class Event(msgspec.Struct, rename="camel", omit_defaults=True):
-    """One event. `data` holds the type's details: exit code, health status, a sample, an alert."""
+    """One event. `data` contains the type's details: exit code, health status, a sample, an alert."""
 
     type: str
     container_id: str | None = None
@@ -47,9 +47,10 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True):
 
 
 class EventFilter(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """What a client wants: event types (a family such as "container" matches all of its types),
-    container ids and project ids. An empty list matches everything; metric samples are sent
-    only for containers named in `container_ids`.
+    """A client's selection of events by type, container id and project id.
+
+    A family such as "container" in `types` matches all of its types, and an empty list matches
+    everything. Metric samples match only when `container_ids` names their container.
     """
 
     types: list[str] = []

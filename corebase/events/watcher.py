@@ -1,9 +1,8 @@
 """Follows the engine's event stream and turns it into CoreBase events.
 
 Every API process follows the stream, so when the monitoring leader dies another process already
-has it open. Which process publishes depends on the bus: on the in-process bus each process
-publishes for its own clients; on Redis only the leader does, so each event reaches every client
-once. The leader alone also acts on events (refreshing rows, lifecycle alert rules).
+has it open. On the in-process bus each process publishes the events for its own clients. On
+Redis only the leader publishes, so each event reaches every client once. The leader alone also acts on events (refreshing rows, lifecycle alert rules).
 
 After a dropped connection the watcher reconnects with a growing delay and resumes from the time
 of the last event it saw. The engine replays events from that time onward, the last one included,

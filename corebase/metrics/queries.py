@@ -1,4 +1,4 @@
-"""Reads over stored samples that the stats API answers with: current reading, history, totals."""
+"""Queries over stored samples for the stats API: history in steps and totals per project or owner."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from corebase.containers.tables import Container
 from corebase.errors import InvalidField
 from corebase.metrics.store import MetricStore
 
-# A history answer has at most this many points; a smaller step is refused.
+# A history response has at most this many points; a step that needs more is rejected.
 MAX_POINTS = 10_000
 # Points a history aims for when the request names no step.
 DEFAULT_POINTS = 300
