@@ -6,8 +6,8 @@ at any time by sending a JSON message:
 
     {"action": "subscribe", "types": ["container", "alert.firing"], "containerIds": ["ctr_..."]}
 
-The server answers each choice with {"type": "subscribed", "filter": {...}}, or with
-{"type": "error", "field": ..., "detail": ...} and leaves the earlier choice in place. Callers
+The server acknowledges each choice with {"type": "subscribed", "filter": {...}}. An invalid
+choice gets {"type": "error", "field": ..., "detail": ...}, and the earlier choice stays in place. Callers
 who are not admins receive events of their own containers only.
 """
 
@@ -113,7 +113,7 @@ async def events_socket(socket: WebSocket) -> None:
 
 
 async def _read_subscription(socket: WebSocket, raw: str) -> EventFilter | None:
-    """Decode a client's subscribe message; answer an invalid one with an error and return None."""
+    """Decode a client's subscribe message, or send an error for an invalid one and return None."""
     try:
         message = msgspec.json.decode(raw, type=SubscribeMessage)
     except msgspec.ValidationError as exc:

@@ -70,7 +70,7 @@ class MonitorService:
 
     @property
     def fresh_for(self) -> float:
-        """Seconds a stored sample stands for the container's current state."""
+        """Maximum age, in seconds, of a stored sample that GET /stats returns as the current reading."""
         return self.settings.fresh_for or self.settings.interval * 2
 
     @property
@@ -196,7 +196,7 @@ async def running_targets() -> list[Target]:
 
 
 def sample_data(sample: Sample) -> dict:
-    """The fields of a sample an event carries (ownership travels in the event itself)."""
+    """Build the `data` of a metric.sample event; owner and project travel in the event itself."""
     return {
         "cpuPercent": sample.cpu_percent,
         "memoryBytes": sample.memory_bytes,

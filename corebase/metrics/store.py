@@ -69,7 +69,7 @@ class MetricStore:
             await RuntimeMetric.insert(*[_row(sample) for sample in samples])
 
     async def latest(self, container_id: str) -> RuntimeMetric | None:
-        """The container's newest raw sample, or None."""
+        """Read the container's newest raw sample, or None when it has none."""
         return (
             await RuntimeMetric.objects()
             .where((RuntimeMetric.container_id == container_id) & (RuntimeMetric.resolution == 0))
@@ -79,7 +79,7 @@ class MetricStore:
         )
 
     async def latest_many(self, max_age: float, now: float | None = None) -> dict[str, RuntimeMetric]:
-        """The newest raw sample of each container sampled in the last `max_age` seconds."""
+        """Read the newest raw sample of each container sampled in the last `max_age` seconds."""
         since = int((now or time.time()) - max_age)
         rows = (
             await RuntimeMetric.objects()

@@ -1,4 +1,4 @@
-"""What the collector hands to storage, alert rules and live events: one sample of one container."""
+"""The collector's contract and its output: one sample of one container, for storage, alert rules and events."""
 
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ class Sample(msgspec.Struct, rename="camel"):
 
 @runtime_checkable
 class Collector(Protocol):
-    """Takes one round of samples. Provided by the `corebase_collector` hook.
+    """A source of sample rounds, provided by the `corebase_collector` hook.
 
-    `sample` reads every target concurrently, each call bounded by the collector's timeout, and
-    returns the samples it got; a target that fails or times out is left out of this round.
+    `sample` reads every target concurrently, each reading bounded by the collector's timeout, and
+    returns the samples it got. A target whose reading fails or times out is left out of that round.
     """
 
     name: str

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 class StatsCollector:
     """Reads the runtime's counters and derives CPU percent and network rates from its own previous reading.
 
-    Up to `max_parallel` readings run at once and each may take `call_timeout` seconds; a container
+    Up to `max_parallel` readings run at once, and each may take `call_timeout` seconds. A container
     whose reading fails or times out is missing from that round only. Previous readings are kept
     for the containers of the last round alone, so memory stays bounded by the running containers.
     """
