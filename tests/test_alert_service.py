@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import pytest
 
 from api_support import create_postgres_database, drop_postgres_database
@@ -425,16 +426,13 @@ async def test_changes_are_published_as_events(service, bus):
     rule = await service.create_rule(ALICE, cpu_rule(duration=1))
     received: list[Event] = []
 
-    async with bus.subscribe(["alert"]) as events:
+    async with bus.listen(lambda event: event.type.startswith("alert.")) as listener:
 
         async def collect() -> None:
-            async for event, _ in events:
-                received.append(event)
-                if len(received) == 3:
-                    return
+            while len(received) < 3:
+                received.extend(msgspec.json.decode(payload, type=Event) for payload in await listener.next_batch())
 
         collector = asyncio.create_task(collect())
-        await asyncio.sleep(0.05)
         await service.evaluate([sample("ctr_a", "alice", 50.0)], T0)
         await service.evaluate([sample("ctr_a", "alice", 50.0)], T0 + timedelta(seconds=1))
         await service.evaluate([sample("ctr_a", "alice", 5.0)], T0 + timedelta(seconds=2))
