@@ -67,8 +67,17 @@ class EngineWatcher:
         self._seen: OrderedDict[tuple[int, str, str], None] = OrderedDict()
         self._oom: dict[str, float] = {}
         self._kills: dict[str, float] = {}
+        # Listeners write to the database, so they run apart from the stream and never delay the next event.
+        self._for_listeners: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
 
     async def run(self) -> None:
+        notifier = asyncio.create_task(self._notify_listeners(), name="corebase-event-listeners")
+        try:
+            await self._follow()
+        finally:
+            notifier.cancel()
+
+    async def _follow(self) -> None:
         delay = self.reconnect_delay
         while True:
             try:
@@ -102,7 +111,15 @@ class EngineWatcher:
         leader = self.is_leader()
         if self.bus.kind == "memory" or leader:
             self.bus.publish(event)
-        if leader:
+        if leader and self.listeners:
+            try:
+                self._for_listeners.put_nowait(event)
+            except asyncio.QueueFull:
+                logger.error("event listeners fell behind; event %s of container %s was not handled", event.type, event.container_id)
+
+    async def _notify_listeners(self) -> None:
+        while True:
+            event = await self._for_listeners.get()
             for listener in self.listeners:
                 try:
                     await listener(event)
