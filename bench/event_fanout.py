@@ -179,8 +179,8 @@ async def benchmark(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "rawMs": raw,
         "ratioP50": corebase["p50"] / raw["p50"] if raw["p50"] > 0 else None,
         "ratioP99": corebase["p99"] / raw["p99"] if raw["p99"] > 0 else None,
-        "serverCpuMsPerEvent": server_cpu / args.events * 1000,
-        "clientCpuMsPerEvent": client_cpu / args.events * 1000,
+        "serverCpuMsPerCycle": server_cpu / args.events * 1000,
+        "clientCpuMsPerCycle": client_cpu / args.events * 1000,
     }
 
 
@@ -200,8 +200,8 @@ def report(result: dict[str, Any]) -> None:
         print(f"{name:<34} {row['p50']:>8.1f} {row['p90']:>8.1f} {row['p99']:>8.1f} {row['max']:>8.1f}")
     print()
     print(
-        f"CPU per event: server {result['serverCpuMsPerEvent']:.1f} ms, "
-        f"this script's {result['subscribers']} clients {result['clientCpuMsPerEvent']:.1f} ms"
+        f"CPU per stop-and-start cycle (kill, die, stop and start events): server {result['serverCpuMsPerCycle']:.1f} ms, "
+        f"this script's {result['subscribers']} clients {result['clientCpuMsPerCycle']:.1f} ms"
     )
     ok = result["corebaseMs"]["p99"] <= TARGET_P99_MS and result["lost"] == 0 and result["duplicates"] == 0
     ratios = ", ".join(
