@@ -344,3 +344,34 @@ async def test_non_admins_see_only_their_own_events(monitored, api, test_image):
             assert await collect(socket, 2.5) == []
         await remove(alice, mine["id"])
     await remove(api, theirs["id"])
+
+
+async def test_health_changes_become_events(monitored, api, test_image):
+    template = {
+        "name": "cbtest-health-" + secrets.token_hex(4),
+        "image": test_image,
+        "category": "runtime",
+        "description": "a container that turns unhealthy when /healthy is removed",
+        "command": ["sh", "-c", "touch /healthy; exec sleep 600"],
+        "healthcheck": {"test": ["test", "-e", "/healthy"], "interval": 0.5, "retries": 1},
+    }
+    created = await api.post("/api/runtime/templates", json=template)
+    assert created.status_code == 201, created.text
+    project = "proj-" + secrets.token_hex(4)
+    body = start_body(test_image, template=template["name"], projectId=project)
+    body.pop("image")
+    record = None
+    try:
+        async with event_socket(monitored, f"types=container.health&projectId={project}") as socket:
+            response = await api.post("/api/runtime/start", json=body)
+            assert response.status_code == 201, response.text
+            record = response.json()
+            healthy = await next_message(socket, lambda message: message["data"]["status"] == "healthy")
+            assert healthy["containerId"] == record["id"]
+            assert healthy["template"] == template["name"]
+            await api.post("/api/runtime/exec", json={"containerId": record["id"], "command": ["rm", "/healthy"]})
+            await next_message(socket, lambda message: message["data"]["status"] == "unhealthy")
+    finally:
+        if record is not None:
+            await remove(api, record["id"])
+        await api.delete(f"/api/runtime/templates/{template['name']}")
