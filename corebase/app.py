@@ -29,7 +29,7 @@ from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
 from corebase.auth.keys import KeyVerifier, seed_admin_key
 from corebase.containers.service import ContainerService
-from corebase.errors import ApiError, ConfigError
+from corebase.errors import ApiError, ConfigError, PluginError
 from corebase.events.bus import EventBus
 from corebase.metrics.service import MonitorService
 from corebase.plugins import (
@@ -128,6 +128,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     bus = EventBus(settings)
     try:
         await _prepare_database(settings)
+        await bus.start()
+        app.state.bus = context.state["bus"] = bus
         engine_cpus = await _describe_engine(context)
         app.state.database = engine
         app.state.database_description = db.describe(settings)
@@ -138,8 +140,6 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.pools = context.state["pools"] = pools
         await pools.start()
 
-        await bus.start()
-        app.state.bus = context.state["bus"] = bus
         alerts = AlertService(settings, bus, context.notifiers)
         app.state.alerts = context.state["alerts"] = alerts
         await alerts.start()
@@ -148,6 +148,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         await monitor.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
         yield
+    except (ConfigError, PluginError) as exc:
+        app.state.startup_error = str(exc)
+        raise
     finally:
         if "monitor" in context.state:
             await context.state["monitor"].stop()

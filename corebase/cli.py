@@ -62,7 +62,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("corebase").setLevel(settings.server.log_level.upper())
-    for name in ("corebase_docker", "corebase_policies"):
+    for name in ("corebase_docker", "corebase_policies", "corebase_templates", "corebase_pool", "corebase_metrics"):
         logging.getLogger(name).setLevel(settings.server.log_level.upper())
 
 
@@ -74,7 +74,7 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)
     logger.info("CoreBase %s listening on http://%s:%s", __version__, settings.server.host, settings.server.port)
     config = uvicorn.Config(
-        app,
+        _plain_startup_errors(app),
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
@@ -88,6 +88,29 @@ def serve(settings: Settings) -> int:
     server.run()
     # uvicorn exits quietly when start-up fails; report it as a failure to the shell.
     return 0 if server.started else 1
+
+
+def _plain_startup_errors(app):
+    """Wrap the app so that a known start-up failure is logged as its message, not as a traceback.
+
+    Litestar reports a failed start-up to uvicorn with the formatted traceback; for the errors the
+    lifespan records in `app.state.startup_error` (settings, migrations, unreachable services)
+    the message alone says what to fix.
+    """
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+
+        async def send_plain(message):
+            error = app.state.get("startup_error")
+            if message["type"] == "lifespan.startup.failed" and error:
+                message = {**message, "message": f"CoreBase could not start: {error}"}
+            await send(message)
+
+        return await app(scope, receive, send_plain)
+
+    return asgi
 
 
 async def migrate(settings: Settings) -> int:

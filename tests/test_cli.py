@@ -51,6 +51,22 @@ def test_missing_runtime_stops_start_up(tmp_path):
     assert "no plugin provides a container runtime" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"COREBASE_REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0"}, "cannot connect to Redis at redis://user:***@127.0.0.1:1/0"),
+        ({"COREBASE_DATABASE_AUTO_MIGRATE": "false"}, "database migration(s) are pending"),
+    ],
+)
+def test_start_up_failure_prints_the_reason(tmp_path, env, expected):
+    result = corebase("serve", "--data-dir", str(tmp_path), "--port", "0", env=env)
+    assert result.returncode != 0
+    assert "CoreBase could not start: " in result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+
+
 def test_migrate_is_idempotent(tmp_path):
     first = corebase("migrate", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr

@@ -15,11 +15,14 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from litestar.channels import ChannelsPlugin
+from redis.exceptions import RedisError
 from litestar.channels.backends.memory import MemoryChannelsBackend
 
+from corebase.errors import ConfigError
 from corebase.events.types import CHANNELS, Event, channel_of
 from corebase.settings import Settings
 
@@ -83,7 +86,13 @@ class EventBus:
 
     async def start(self) -> None:
         if self._redis is not None:
-            await self._redis.ping()
+            try:
+                await self._redis.ping()
+            except (RedisError, OSError) as exc:
+                raise ConfigError(
+                    f"cannot connect to Redis at {_without_password(self.redis_url)}: {str(exc).rstrip('.')}; start Redis, "
+                    "fix redis.url (COREBASE_REDIS_URL), or leave it empty to keep events in this process"
+                ) from None
         await self.channels.__aenter__()
         subscriber = await self.channels.subscribe(list(CHANNELS))
         self._dispatcher = asyncio.create_task(self._dispatch(subscriber.iter_events()), name="corebase-event-dispatch")
@@ -126,3 +135,13 @@ class EventBus:
                     listener.offer(event, payload)
                 except Exception:
                     logger.exception("an event listener failed on %s", event.type)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
