@@ -9,16 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from api_support import create_postgres_database, drop_postgres_database, remove_database_containers, start_body
 from events_support import event_socket, next_message
-from support.server import RunningServer, run_server
+from support.server import RunningServer, free_port, run_server
+from support.services import require_service
 
 pytestmark = [pytest.mark.engine, pytest.mark.postgres, pytest.mark.redis]
 
@@ -102,3 +107,78 @@ async def test_events_cross_processes_and_leadership_moves_on(pair, test_image):
         await client.post("/api/runtime/stop", json={"containerId": container_id, "timeout": 0})
         died = await next_message(socket, lambda message: message["type"] == "container.died")
         assert died["data"]["requested"] is True
+
+
+class OwnRedis:
+    """A redis-server this test starts, stops and starts again on the same loopback port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            require_service("redis-server", "the redis-server program is not installed; run scripts/services.sh install")
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+async def test_events_survive_a_redis_restart(tmp_path, postgres_url, docker_available, test_image):
+    redis = OwnRedis(tmp_path / "redis")
+    redis.start()
+    database_url = await create_postgres_database(postgres_url)
+    env = {
+        "COREBASE_DATABASE_URL": database_url,
+        "COREBASE_REDIS_URL": redis.url,
+        "COREBASE_EVENTS_RECONNECT_DELAY": "0.5",
+    }
+    admin_key = "cbk_test_" + secrets.token_urlsafe(24)
+    project = "proj-" + secrets.token_hex(4)
+    try:
+        with contextlib.ExitStack() as stack:
+            first, second = [stack.enter_context(run_server(tmp_path / name, env=env, admin_key=admin_key)) for name in ("a", "b")]
+            async with first.async_client() as client:
+                redis.stop()
+                # Without Redis the API goes on serving; the events of this start are lost.
+                response = await client.post("/api/runtime/start", json=start_body(test_image, command=["sleep", "600"], projectId=project))
+                assert response.status_code == 201, response.text
+                assert (await client.get("/api/runtime/containers", params={"projectId": project})).status_code == 200
+
+                redis.start()
+                deadline = time.monotonic() + LEADERSHIP_WAIT
+                while not all([(await monitoring(server))["busConnected"] for server in (first, second)]):
+                    assert time.monotonic() < deadline, "the servers did not reconnect to Redis"
+                    await asyncio.sleep(0.3)
+
+                async with event_socket(second, f"types=container.started&projectId={project}") as socket:
+                    response = await client.post("/api/runtime/start", json=start_body(test_image, command=["sleep", "600"], projectId=project))
+                    assert response.status_code == 201, response.text
+                    started = await next_message(socket, lambda message: message["type"] == "container.started")
+                    assert started["containerId"] == response.json()["id"]
+    finally:
+        redis.stop()
+        try:
+            await remove_database_containers(database_url)
+        finally:
+            await drop_postgres_database(postgres_url, database_url)

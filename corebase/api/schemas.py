@@ -216,6 +216,8 @@ class MonitoringRecord(Record):
     interval: float
     collector: str
     bus: Literal["memory", "redis"]
+    # False while the Redis subscription is lost and being re-established.
+    bus_connected: bool
     rounds: int
     last_round_seconds: float
     engine_events_connected: bool

@@ -49,6 +49,7 @@ class SystemController(Controller):
             interval=monitor.settings.interval,
             collector=monitor.collector.name,
             bus=state.bus.kind,
+            bus_connected=state.bus.connected,
             rounds=monitor.rounds,
             last_round_seconds=round(monitor.last_round_seconds, 6),
             engine_events_connected=monitor.watcher.connected.is_set(),
