@@ -233,6 +233,10 @@ async def test_logs_options_and_tty(api, test_image):
     assert bad_tail.json()["field"] == "tail"
     bad_since = await api.get("/api/runtime/logs", params={"containerId": plain["id"], "since": "yesterday"})
     assert bad_since.json()["field"] == "since"
+    for value in ("nan", "-inf", "1e300"):
+        out_of_range = await api.get("/api/runtime/logs", params={"containerId": plain["id"], "until": value})
+        assert out_of_range.status_code == 400, value
+        assert out_of_range.json()["field"] == "until"
     for record in (plain, tty):
         await api.post("/api/runtime/remove", json={"containerId": record["id"], "force": True})
 

@@ -22,14 +22,24 @@ def check_window(since: float | None, until: float | None) -> None:
         raise InvalidField("until", "until is earlier than since; no output can match", status=400)
 
 
+# 9999-12-31T23:59:59Z, the last second datetime can represent.
+LATEST_TIME = 253402300799.0
+
+
 def parse_log_time(field: str, value: str | None) -> float | None:
-    """Read an RFC 3339 time or Unix seconds as Unix seconds."""
+    """Read an RFC 3339 time or Unix seconds as Unix seconds, between the epoch and the year 9999."""
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not 0 <= seconds <= LATEST_TIME:
+            raise InvalidField(
+                field, f"{field} {value!r} is out of range; use Unix seconds between 0 and {LATEST_TIME:.0f}", status=400
+            )
+        return seconds
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -30,7 +30,8 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             message = item.get("message", "")
-            errors.append({"field": _field_name(item.get("key"), message), "message": message})
+            field = _field_name(item.get("key"), message)
+            errors.append({"field": _query_alias(request, field), "message": message})
     missing = re.match(r"Missing required (?:query|path|header) parameter '([^']+)'", exc.detail or "")
     if missing and not errors:
         errors.append({"field": missing.group(1), "message": "missing required parameter"})
@@ -61,6 +62,24 @@ def _describe(error: dict[str, Any]) -> str:
     if field is None:
         return f"invalid request body: {message}"
     return f"invalid value for {field!r}: {message}"
+
+
+def _query_alias(request: Request, field: str | None) -> str | None:
+    """Return the name a client uses for a parameter that Litestar reports by its Python name.
+
+    Query parameters declared as ``QueryParameter(name="groupBy")`` fail validation under the
+    handler's argument name (``group_by``), which the client never sent.
+    """
+    if field is None or "." in field or "[" in field:
+        return field
+    try:
+        parameter = request.route_handler.parsed_fn_signature.parameters.get(field)
+    except AttributeError:
+        return field
+    definition = getattr(parameter, "kwarg_definition", None)
+    # QueryParameter(name=...) keeps the alias in `name`, Parameter(query=...) in `query`.
+    alias = getattr(definition, "query", None) or getattr(definition, "name", None)
+    return alias or field
 
 
 def _field_name(key: Any, message: str) -> str | None:

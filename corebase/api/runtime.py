@@ -146,7 +146,7 @@ class RuntimeController(Controller):
         container_id: ContainerIdQuery,
         start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339 time or Unix seconds; default one hour before to")] = None,
         end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339 time or Unix seconds; default now")] = None,
-        step: Annotated[int | None, QueryParameter(ge=1, le=86400 * 31, description="Seconds per point")] = None,
+        step: Annotated[str | None, QueryParameter(description="Whole seconds per point, 1 to 2678400")] = None,
     ) -> StatsRecord | StatsHistory:
         if start is not None or end is not None or step is not None:
             row = await containers.find(caller, container_id, include_removed=True)

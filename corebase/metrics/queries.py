@@ -19,36 +19,55 @@ from corebase.metrics.store import MetricStore
 MAX_POINTS = 10_000
 # Points a history aims for when the request names no step.
 DEFAULT_POINTS = 300
+# The largest step, 31 days, in seconds.
+MAX_STEP = 31 * 86400
 
 
 async def history(
-    store: MetricStore, container_id: str, start: str | None, end: str | None, step: int | None
+    store: MetricStore, container_id: str, start: str | None, end: str | None, step: str | None
 ) -> StatsHistory:
-    """Check the range and step, then read the container's history in steps."""
+    """Check the range and step, then read the container's history in steps.
+
+    A step below the resolution of the stored rows (the rollup step, for ranges past the raw
+    retention) is raised to it, and the point limit applies to the step actually used.
+    """
     now = time.time()
     begin = parse_log_time("from", start)
     finish = parse_log_time("to", end)
     finish = now if finish is None else finish
-    begin = finish - 3600 if begin is None else begin
+    begin = max(0.0, finish - 3600) if begin is None else begin
     if begin >= finish:
         raise InvalidField("to", "to is not later than from; give a range that moves forward in time", status=400)
 
     span = finish - begin
+    resolution = store.resolution_for(int(begin), now)
     if step is None:
-        step = max(1, math.ceil(span / DEFAULT_POINTS))
-    if span / step > MAX_POINTS:
+        seconds = max(1, math.ceil(span / DEFAULT_POINTS))
+    else:
+        seconds = parse_step(step)
+    seconds = max(seconds, resolution)
+    if span / seconds > MAX_POINTS:
         smallest = math.ceil(span / MAX_POINTS)
-        raise InvalidField("step", f"step {step} gives more than {MAX_POINTS} points for this range; use {smallest} or more", status=400)
+        raise InvalidField(
+            "step", f"step {seconds} gives more than {MAX_POINTS} points for this range; use {smallest} or more", status=400
+        )
 
-    resolution, points = await store.history(container_id, int(begin), math.ceil(finish), step)
+    resolution, points = await store.history(container_id, int(begin), math.ceil(finish), seconds, now)
     return StatsHistory(
         container_id=container_id,
         start=datetime.fromtimestamp(begin, timezone.utc),
         end=datetime.fromtimestamp(finish, timezone.utc),
-        step=max(step, resolution),
+        step=seconds,
         resolution=resolution,
         points=points,
     )
+
+
+def parse_step(value: str) -> int:
+    """Read a step of whole seconds, from 1 second to 31 days."""
+    if not value.isdigit() or not 1 <= int(value) <= MAX_STEP:
+        raise InvalidField("step", f"step {value!r} is invalid; use a whole number of seconds from 1 to {MAX_STEP}", status=400)
+    return int(value)
 
 
 async def totals(store: MetricStore, caller: Caller, group_by: Literal["project", "owner"], fresh_for: float) -> StatsTotals:
