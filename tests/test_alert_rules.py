@@ -159,6 +159,8 @@ def test_lifecycle_rules_take_the_default_window():
         ({"metric": "restart_loop", "comparator": None, "threshold": 2.5}, "threshold"),
         ({"metric": "restart_loop", "comparator": None, "window": 0}, "window"),
         ({"notifiers": [{"type": "pager"}]}, "notifiers[0].type"),
+        ({"notifiers": [{"url": "http://127.0.0.1/hook"}]}, "notifiers[0].type"),
+        ({"notifiers": [{"type": "webhook", "url": "http://user:pw@127.0.0.1/hook", "secret": SECRET}]}, "notifiers[0].url"),
         ({"notifiers": ["log"]}, "notifiers[0]"),
         ({"notifiers": [{"type": "log", "level": "debug"}]}, "notifiers[0].level"),
         ({"notifiers": [{"type": "log"}, {"type": "webhook", "url": "ftp://127.0.0.1/x", "secret": SECRET}]}, "notifiers[1].url"),

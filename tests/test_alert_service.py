@@ -442,3 +442,17 @@ async def test_changes_are_published_as_events(service, bus):
     assert {event.data["ruleId"] for event in received} == {rule.id}
     assert received[0].owner == "alice"
     assert received[0].container_id == "ctr_a"
+
+
+async def test_rule_on_removed_container_stays_editable(service):
+    await add_container("ctr_a", "alice")
+    await add_container("ctr_gone", "alice", status="removed")
+    rule = await service.create_rule(ALICE, cpu_rule(scope="container", scope_value="ctr_a"))
+    await Container.update({Container.status: "removed"}).where(Container.id == "ctr_a")
+
+    updated = await service.update_rule(ALICE, rule.id, cpu_rule(scope="container", scope_value="ctr_a", enabled=False))
+    assert updated.enabled is False
+
+    with pytest.raises(InvalidField) as moved:
+        await service.update_rule(ALICE, rule.id, cpu_rule(scope="container", scope_value="ctr_gone"))
+    assert moved.value.field == "scopeValue"

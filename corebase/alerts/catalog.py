@@ -101,7 +101,9 @@ class RuleCatalog:
         """Replace every field of a rule; return the rule before and after."""
         before = await self.get(caller, rule_id)
         values = validate_rule(fields, self.notifiers, self.default_window, stored_notifiers=before["notifiers"] or [])
-        await self._check_container_scope(caller, values)
+        # A rule may keep a container that was removed since, so it can still be disabled or edited.
+        same_container = (values["scope"], values["scope_value"]) == (before["scope"], before["scope_value"])
+        await self._check_container_scope(caller, values, allow_removed=same_container)
 
         values["updated_at"] = datetime.now(timezone.utc)
         await AlertRule.update({getattr(AlertRule, key): value for key, value in values.items()}).where(AlertRule.id == rule_id)
@@ -115,7 +117,7 @@ class RuleCatalog:
         logger.info("deleted alert rule %s by %s", rule_id, caller.user)
         return row
 
-    async def _check_container_scope(self, caller: Caller, values: Mapping[str, Any]) -> None:
+    async def _check_container_scope(self, caller: Caller, values: Mapping[str, Any], allow_removed: bool = False) -> None:
         if values["scope"] != "container":
             return
         container_id = values["scope_value"]
@@ -130,5 +132,5 @@ class RuleCatalog:
                 f"container {container_id!r} does not exist; give the id of one of your containers "
                 "from GET /api/runtime/containers",
             )
-        if row["status"] == "removed":
+        if row["status"] == "removed" and not allow_removed:
             raise InvalidField("scopeValue", f"container {container_id!r} was removed; a rule on it would never fire")

@@ -239,6 +239,8 @@ def validate_notifiers(
         notifier = notifiers.get(kind) if isinstance(kind, str) else None
         if notifier is None:
             allowed = ", ".join(sorted(notifiers)) or "none (no notifier plugin is loaded)"
+            if kind is None:
+                raise InvalidField(f"{field}.type", f"{field}.type is missing; use one of {allowed}")
             raise InvalidField(f"{field}.type", f"unknown notifier type {kind!r}; use one of {allowed}")
 
         entry = _keep_secrets(entry, stored[index] if index < len(stored) else None, secret_fields(notifier))

@@ -98,9 +98,9 @@ class AlertController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> AlertPage:
-        if alert_state is not None and alert_state not in STATES:
+        if alert_state and alert_state not in STATES:
             raise InvalidField("state", f"unknown state {alert_state!r}; use one of {', '.join(STATES)}", status=400)
-        rows, total = await history.list_alerts(caller, alert_state, rule_id, container_id, limit, offset)
+        rows, total = await history.list_alerts(caller, alert_state or None, rule_id or None, container_id or None, limit, offset)
         return AlertPage(items=[alert_record(row) for row in rows], total=total, limit=limit, offset=offset)
 
     @get("/{alert_id:str}", summary="Read an alert")

@@ -74,6 +74,9 @@ class WebhookNotifier:
             return f"url {url!r} is not a valid URL: {exc}"
         if parts.scheme not in ("http", "https"):
             return f"url scheme {parts.scheme or '(none)'!r} is not supported; use http:// or https://"
+        if parts.username is not None or parts.password is not None:
+            # The URL is shown in rule records and webhook bodies; only the secret is kept hidden.
+            return "url must not contain a user name or password; authenticate the receiver with the secret's signature"
         host = (parts.hostname or "").lower()
         if not host:
             return f"url {url!r} has no host; use a URL such as https://hooks.example.com/corebase"
