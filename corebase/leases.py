@@ -42,6 +42,16 @@ async def acquire(name: str, holder: str, duration: float) -> bool:
     return True
 
 
+async def current_holder(name: str) -> str | None:
+    """Return who holds the lease `name` now, or None when it is free or expired."""
+    row = (
+        await Lease.select(Lease.holder)
+        .where((Lease.name == name) & (Lease.expires_at >= datetime.now(timezone.utc)))
+        .first()
+    )
+    return row["holder"] if row else None
+
+
 async def release(name: str, holder: str) -> None:
     """Give up the lease if `holder` has it, so another process can take it at once."""
     await Lease.delete().where((Lease.name == name) & (Lease.holder == holder))

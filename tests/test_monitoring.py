@@ -171,7 +171,9 @@ async def test_stopped_container_answers_at_once_and_keeps_history(api, test_ima
 async def test_lifecycle_events_reach_a_websocket_client(monitored, api, test_image):
     project = "proj-" + secrets.token_hex(4)
     other_project = "proj-" + secrets.token_hex(4)
-    async with event_socket(monitored, f"types=container&projectId={project}") as socket:
+    # Repeated and comma-separated values combine.
+    query = f"types=container.created,container.started&types=container.died&types=container.removed&projectId={project}"
+    async with event_socket(monitored, query) as socket:
         other = await start(api, test_image, command=["true"], projectId=other_project)
         record = await start(api, test_image, command=["sh", "-c", "sleep 1; exit 3"], projectId=project)
         container_id = record["id"]
@@ -244,6 +246,8 @@ async def test_bad_filters_are_refused_with_the_field(monitored):
     async with event_socket(monitored) as socket:
         answer = await subscribe(socket, types=["nope"])
         assert answer["type"] == "error" and answer["field"] == "types"
+        answer = await subscribe(socket, containerIds=[5])
+        assert answer["type"] == "error" and answer["field"] == "containerIds"
         await socket.send("not json")
         answer = await next_message(socket, lambda message: message["type"] == "error")
         assert "JSON" in answer["detail"]

@@ -87,6 +87,7 @@ async def test_events_cross_processes_and_leadership_moves_on(pair, test_image):
     leader = await wait_for_leader(pair)
     follower = second if leader is first else first
     assert (await monitoring(follower))["rounds"] == 0
+    assert (await monitoring(follower))["leaderProcess"] == (await monitoring(leader))["process"]
 
     # Samples taken by the leader reach a client of the follower.
     async with event_socket(follower, f"types=metric&containerId={container_id}") as socket:

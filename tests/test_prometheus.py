@@ -244,6 +244,7 @@ async def test_pool_figures(api, docker, template):
     assert value(samples, "corebase_pool_target_idle", **ours) == 1
     assert value(samples, "corebase_pool_claims_total", **ours) == 0
     assert value(samples, "corebase_pool_claim_duration_seconds_count", **ours) == 0
+    assert value(samples, "corebase_pool_cold_starts_total", **ours) == 0
     # Unclaimed members are pool figures only, never per-container series.
     engine_members = await docker.containers.list(filters={"label": [f"corebase.pool={template}"]})
     member_ids = {container._container["Labels"]["corebase.id"] for container in engine_members}

@@ -17,6 +17,7 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import re
 
 import msgspec
 from litestar import WebSocket, websocket
@@ -47,8 +48,9 @@ class SubscribeMessage(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
     project_ids: list[str] = []
 
 
-def _split(value: str | None) -> list[str]:
-    return [item.strip() for item in (value or "").split(",") if item.strip()]
+def _split(values: list[str]) -> list[str]:
+    """Read a parameter given as comma-separated values, repeated, or both."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
 def _error(field: str | None, detail: str, status: int = 422) -> bytes:
@@ -66,9 +68,9 @@ async def events_socket(socket: WebSocket) -> None:
     bus: EventBus = socket.app.state.bus
     query = socket.query_params
     wanted = EventFilter(
-        types=_split(query.get("types")),
-        container_ids=_split(query.get("containerId")),
-        project_ids=_split(query.get("projectId")),
+        types=_split(query.getall("types", [])),
+        container_ids=_split(query.getall("containerId", [])),
+        project_ids=_split(query.getall("projectId", [])),
     )
     await socket.accept()
     problem = wanted.problem()
@@ -117,7 +119,8 @@ async def _read_subscription(socket: WebSocket, raw: str) -> EventFilter | None:
     try:
         message = msgspec.json.decode(raw, type=SubscribeMessage)
     except msgspec.ValidationError as exc:
-        await socket.send_text(_error(None, f"invalid message: {exc}").decode())
+        path = re.search(r"at `\$\.(\w+)", str(exc))
+        await socket.send_text(_error(path.group(1) if path else None, f"invalid message: {exc}").decode())
         return None
     except msgspec.DecodeError:
         await socket.send_text(

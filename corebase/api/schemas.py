@@ -212,6 +212,8 @@ class MonitoringRecord(Record):
 
     process: str
     leader: bool
+    # The process holding the monitor lease, which may be another one; None when nobody holds it.
+    leader_process: str | None
     enabled: bool
     interval: float
     collector: str

@@ -9,10 +9,11 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from corebase import __version__, db
+from corebase import __version__, db, leases
 from corebase.api.schemas import ComponentHealth, HealthRecord, MonitoringRecord, PluginRecord
 from corebase.auth.caller import Caller
 from corebase.errors import ApiError
+from corebase.metrics.service import LEASE_NAME
 from corebase.plugins import AppContext, describe_plugins
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class SystemController(Controller):
         return MonitoringRecord(
             process=monitor.holder,
             leader=monitor.leader,
+            leader_process=await leases.current_holder(LEASE_NAME),
             enabled=monitor.settings.enabled,
             interval=monitor.settings.interval,
             collector=monitor.collector.name,

@@ -227,8 +227,10 @@ async def pool_families() -> list[Metric]:
         "Starts of a pooled template that found no idle member and started a new container.",
         labels=["template"],
     )
-    for row in sorted(cold_starts, key=lambda row: row["pool"]):
-        missed.add_metric([row["pool"]], row["count"])
+    # Every pool has a series from the start, so rate() works before the first cold start.
+    started_cold = {row["pool"]: row["count"] for row in cold_starts}
+    for template in sorted({pool["template"] for pool in pools} | set(started_cold)):
+        missed.add_metric([template], started_cold.get(template, 0))
     return [members, *limits, claimed, claim_latency, missed]
 
 
