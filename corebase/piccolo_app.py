@@ -7,7 +7,8 @@ from pathlib import Path
 from piccolo.conf.apps import AppConfig
 
 from corebase.alerts.tables import Alert, AlertDelivery, AlertRule
-from corebase.auth.tables import ApiKey
+from corebase.audit.tables import AuditRecord
+from corebase.auth.tables import ApiKey, User
 from corebase.containers.tables import Container
 from corebase.leases import Lease
 from corebase.metrics.tables import RuntimeMetric
@@ -15,7 +16,7 @@ from corebase.pool.tables import Pool
 from corebase.quotas.tables import UserQuota
 from corebase.templates.tables import ContainerTemplate
 
-TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease, AlertRule, Alert, AlertDelivery]
+TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease, AlertRule, Alert, AlertDelivery, User, AuditRecord]
 
 
 def migrations_folder() -> Path:

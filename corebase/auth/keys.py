@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from corebase.auth.caller import Caller, Role
-from corebase.auth.tables import ApiKey
+from corebase.auth.tables import ApiKey, User
 from corebase.errors import Unauthorized
 from corebase.settings import Settings
 
@@ -42,8 +42,19 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+async def ensure_user(name: str, role: Role) -> None:
+    """Create the user `name` with `role` unless it exists; an existing user keeps its role."""
+    if not await User.exists().where(User.name == name):
+        now = utcnow()
+        try:
+            await User.insert(User(name=name, role=role, created_at=now, updated_at=now))
+        except Exception as exc:  # a concurrent request created it first
+            logger.debug("user %s was created concurrently: %s", name, exc)
+
+
 async def create_key(name: str, user: str, role: Role, secret: str | None = None) -> tuple[ApiKey, str]:
-    """Store a new key and return its row and the secret, which is never stored in clear."""
+    """Store a new key, creating its user when missing; return the row and the secret, never stored in clear."""
+    await ensure_user(user, role)
     secret = secret or generate_secret()
     row = ApiKey(
         id="key_" + secrets.token_hex(8),

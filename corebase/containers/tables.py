@@ -44,3 +44,7 @@ class Container(Table, tablename="containers"):
     claimed_at = Timestamptz(null=True, default=None)
     # Milliseconds the claim took inside the server, for the pool's latency figures.
     claim_ms = Real(null=True, default=None)
+    # "standard" (runc with the hardened defaults) or "sandboxed" (gVisor's runsc).
+    isolation = Varchar(length=16, default="standard")
+    # The engine network the container joined: its owner's CoreBase network, or "none".
+    network = Varchar(length=128, null=True, default=None)
