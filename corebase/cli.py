@@ -1,4 +1,4 @@
-"""The `corebase` command: serve the API or apply database migrations."""
+"""The `corebase` command: serve the API, apply database migrations or verify the audit log."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
     _add_common(migrate)
+
+    audit = commands.add_parser("audit", help="work with the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check the audit log's hash chain; exit 1 naming the first broken record"
+    )
+    _add_common(verify)
     return parser
 
 
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings)
         if args.command == "serve":
             return serve(settings)
+        if args.command == "audit":
+            return asyncio.run(verify_audit(settings))
         return asyncio.run(migrate(settings))
     except (ConfigError, PluginError) as exc:
         print(f"corebase: {exc}", file=sys.stderr)
@@ -125,4 +134,25 @@ async def migrate(settings: Settings) -> int:
         print(f"applied {len(applied)} migration(s): {', '.join(applied)}")
     else:
         print("the database is up to date")
+    return 0
+
+
+async def verify_audit(settings: Settings) -> int:
+    """Walk the audit log's hash chain; return 0 when it is intact and 1 at the first break."""
+    from corebase import db
+    from corebase.audit.log import verify_chain
+
+    engine = await db.connect(settings)
+    try:
+        count, broken = await verify_chain()
+    finally:
+        await db.disconnect(engine)
+    if broken is not None:
+        print(
+            f"audit log broken at record {broken.record_id}: {broken.reason} "
+            f"({count} records before it verified)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"audit log intact: {count} records verified")
     return 0
