@@ -27,6 +27,8 @@ from corebase.api.prometheus import PrometheusPlugin
 from corebase.api.runtime import RuntimeController
 from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
+from corebase.api.users import KeyController, UserController
+from corebase.auth.access import require_access
 from corebase.auth.keys import KeyVerifier, seed_admin_key
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError, PluginError
@@ -69,6 +71,8 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             TemplateController,
             PoolController,
             AlertController,
+            UserController,
+            KeyController,
             events_socket,
             logs_socket,
             *extra_routes,
@@ -80,6 +84,8 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             "alerts": Provide(_provide_alerts, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
+        # One guard checks the caller's role and key scopes on every route; see corebase.auth.access.
+        guards=[require_access],
         exception_handlers=EXCEPTION_HANDLERS,
         plugins=[PrometheusPlugin(settings)],
         lifespan=[_lifespan],

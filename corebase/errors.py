@@ -15,7 +15,9 @@
         │   ├── TemplateNotFound
         │   ├── PoolNotFound
         │   ├── RuleNotFound
-        │   └── AlertNotFound
+        │   ├── AlertNotFound
+        │   ├── UserNotFound
+        │   └── KeyNotFound
         ├── Conflict                 409
         │   ├── NameInUse
         │   ├── ContainerNotRunning
@@ -196,6 +198,22 @@ class AlertNotFound(NotFound):
 
     def __init__(self, alert_id: str) -> None:
         super().__init__(f"alert {alert_id!r} does not exist; list your alerts with GET /api/alerts", alertId=alert_id)
+
+
+class UserNotFound(NotFound):
+    slug = "user-not-found"
+    title = "User not found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"user {name!r} does not exist; list users with GET /api/users", user=name)
+
+
+class KeyNotFound(NotFound):
+    slug = "key-not-found"
+    title = "API key not found"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"API key {key_id!r} does not exist; list your keys with GET /api/keys", keyId=key_id)
 
 
 class Conflict(ApiError):

@@ -320,7 +320,7 @@ async def test_metrics_reject_developer_key(tmp_path):
         _, developer_secret = await create_key("dev", "alice", "developer")
         forbidden = await client.get("/metrics", headers={"Authorization": f"Bearer {developer_secret}"})
         assert forbidden.status_code == 403
-        assert "admin API key" in forbidden.json()["detail"]
+        assert forbidden.json()["requiredRole"] == "admin"
         assert (await client.get("/metrics", headers=ADMIN)).status_code == 200
 
 

@@ -14,7 +14,9 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from corebase.api.schemas import Body, Record
 from corebase.auth.caller import Caller
+from corebase.errors import Forbidden, PoolNotFound, TemplateNotFound
 from corebase.pool.service import PoolService, PoolStatus
+from corebase.templates.catalog import TemplateCatalog
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=1000)]
 
@@ -78,17 +80,24 @@ def pool_record(status: PoolStatus) -> PoolRecord:
 
 
 class PoolController(Controller):
+    """Pools of the caller's own custom templates; an admin manages every pool.
+
+    A pool of a built-in template serves every user's starts, so only an admin changes it, and a
+    pool of another user's template is reported missing, exactly like an unknown template.
+    """
+
     path = "/api/runtime/pools"
     tags = ["pools"]
 
     @get("/", summary="List pools with their sizes and claim figures")
     async def list_pools(self, state: State, caller: NamedDependency[Caller]) -> list[PoolRecord]:
         pools: PoolService = state.pools
-        return [pool_record(status) for status in await pools.list()]
+        return [pool_record(status) for status in await pools.list() if await _owns_pool(state, caller, status.pool.template)]
 
     @get("/{template:str}", summary="Read one pool's configuration, size and claim figures")
     async def get_pool(self, state: State, caller: NamedDependency[Caller], template: FromPath[str]) -> PoolRecord:
         pools: PoolService = state.pools
+        await _require_pool_owner(state, caller, template)
         return pool_record(await pools.status(template))
 
     @put("/{template:str}", summary="Create or change the pool of a template; it fills in the background")
@@ -96,10 +105,36 @@ class PoolController(Controller):
         self, state: State, caller: NamedDependency[Caller], template: FromPath[str], data: JSONBody[PoolBody]
     ) -> PoolRecord:
         pools: PoolService = state.pools
+        catalog: TemplateCatalog = state.templates
+        spec = await catalog.get_visible(caller, template)
+        if spec.builtin and not caller.is_admin:
+            raise Forbidden(
+                f"the pool of the built-in template {template!r} serves every user, so only an admin can change it; "
+                "create a pool for one of your own templates instead",
+                requiredRole="admin",
+            )
         await pools.configure(caller, template, data.min_idle, data.max_idle, data.max_total, data.idle_ttl)
         return pool_record(await pools.status(template))
 
     @delete("/{template:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a pool and its unclaimed members")
     async def delete_pool(self, state: State, caller: NamedDependency[Caller], template: FromPath[str]) -> None:
         pools: PoolService = state.pools
+        await _require_pool_owner(state, caller, template)
         await pools.delete(caller, template)
+
+
+async def _owns_pool(state: State, caller: Caller, template: str) -> bool:
+    """Tell whether the caller may see the pool of `template`: an admin always, else the template's owner."""
+    if caller.is_admin:
+        return True
+    catalog: TemplateCatalog = state.templates
+    try:
+        spec = await catalog.get(template)
+    except TemplateNotFound:
+        return False
+    return not spec.builtin and spec.owner == caller.user
+
+
+async def _require_pool_owner(state: State, caller: Caller, template: str) -> None:
+    if not await _owns_pool(state, caller, template):
+        raise PoolNotFound(template)

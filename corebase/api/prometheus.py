@@ -14,8 +14,8 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.plugins import InitPlugin
 from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 
-from corebase.auth.caller import Caller
-from corebase.errors import ApiError, Forbidden
+from corebase.auth.access import ADMIN_ONLY
+from corebase.errors import ApiError
 from corebase.metrics.prometheus import PrometheusMetrics
 from corebase.settings import Settings
 
@@ -44,6 +44,8 @@ def metrics_route(public: bool) -> HTTPRouteHandler:
     @get(
         "/metrics",
         exclude_from_auth=public,
+        # The series name every user's containers, so reading them needs the admin role.
+        opt={"access": ADMIN_ONLY},
         security=[{}] if public else None,
         media_type=MediaType.TEXT,
         tags=["monitoring"],
@@ -54,13 +56,6 @@ def metrics_route(public: bool) -> HTTPRouteHandler:
         ),
     )
     async def metrics(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
-        if not public:
-            caller: Caller = request.user
-            if not caller.is_admin:
-                raise Forbidden(
-                    f"the API key of {caller.user!r} has the role {caller.role!r}, but GET /metrics needs "
-                    "an admin API key because it reports the containers of every user"
-                )
         body, content_type = await state.prometheus.render(state.monitor, request.headers.get("accept", ""))
         # The encoder's content type names the format version, so it replaces Litestar's default header.
         return Response(body, media_type=MediaType.TEXT, headers={"Content-Type": content_type})

@@ -100,7 +100,7 @@ class TemplateController(Controller):
     path = "/api/runtime/templates"
     tags = ["templates"]
 
-    @get("/", summary="List templates, built-in and custom, optionally by category")
+    @get("/", summary="List the built-in templates and the caller's custom ones (every one for an admin)")
     async def list_templates(
         self,
         state: State,
@@ -110,7 +110,7 @@ class TemplateController(Controller):
         ] = None,
     ) -> list[TemplateRecord]:
         catalog: TemplateCatalog = state.templates
-        return [template_record(template) for template in await catalog.list(category)]
+        return [template_record(template) for template in await catalog.list(category, caller)]
 
     @get("/{name:str}", summary="Read a template, the latest version unless ?version= names another")
     async def get_template(
@@ -121,7 +121,7 @@ class TemplateController(Controller):
         version: Annotated[int | None, QueryParameter(ge=1)] = None,
     ) -> TemplateRecord:
         catalog: TemplateCatalog = state.templates
-        template = await catalog.get(name, version)
+        template = await catalog.get_visible(caller, name, version)
         return template_record(template, await catalog.versions(name))
 
     @post("/", status_code=HTTP_201_CREATED, summary="Create a custom template owned by the caller")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -52,21 +53,42 @@ async def ensure_user(name: str, role: Role) -> None:
             logger.debug("user %s was created concurrently: %s", name, exc)
 
 
-async def create_key(name: str, user: str, role: Role, secret: str | None = None) -> tuple[ApiKey, str]:
-    """Store a new key, creating its user when missing; return the row and the secret, never stored in clear."""
+async def create_key(
+    name: str,
+    user: str,
+    role: Role,
+    secret: str | None = None,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key, creating its user when missing; return the row and the secret, never stored in clear.
+
+    The key takes the user's current role; `role` only applies to a user created here.
+    """
     await ensure_user(user, role)
+    current = await User.select(User.role).where(User.name == user).first()
     secret = secret or generate_secret()
     row = ApiKey(
         id="key_" + secrets.token_hex(8),
         name=name,
         user=user,
-        role=role,
+        role=current["role"] if current else role,
+        scopes=list(scopes or []),
         prefix=secret[:12],
         key_hash=hash_secret(secret),
         created_at=utcnow(),
+        expires_at=expires_at,
     )
     await row.save()
     return row, secret
+
+
+def key_scopes(row: ApiKey | dict) -> list[str]:
+    """Return a key's stored scopes as a list; the JSON column reads back as text on some databases."""
+    value = row["scopes"] if isinstance(row, dict) else row.scopes
+    if isinstance(value, str):
+        value = json.loads(value or "[]")
+    return list(value or [])
 
 
 async def seed_admin_key(settings: Settings) -> Path | None:
@@ -103,7 +125,12 @@ def _write_private_file(path: Path, content: str) -> None:
 
 
 class KeyVerifier:
-    """Checks bearer secrets against stored hashes, with a short in-process cache."""
+    """Checks bearer secrets against stored hashes, with a short in-process cache.
+
+    A revoked or expired key, a disabled user and a changed role take effect at once in the process
+    that made the change, because it calls `forget()`, and within CACHE_SECONDS in other processes.
+    An expiry is checked on every request, cached or not.
+    """
 
     def __init__(self) -> None:
         # key hash -> (monotonic time verified, caller, expiry), so an expiry is honoured on cache hits too
@@ -125,7 +152,14 @@ class KeyVerifier:
         if row.expires_at is not None and row.expires_at <= utcnow():
             raise Unauthorized(f"API key {row.id} expired at {row.expires_at.isoformat()}; create a new key")
 
-        caller = Caller(key_id=row.id, user=row.user, role=row.role)
+        # The user's current role applies, so a role change reaches every key of the user.
+        owner = await User.select(User.role, User.disabled_at).where(User.name == row.user).first()
+        if owner is None:
+            raise Unauthorized(f"user {row.user!r} of API key {row.id} no longer exists; ask an admin for a key")
+        if owner["disabled_at"] is not None:
+            raise Unauthorized(f"user {row.user!r} of API key {row.id} is disabled; ask an admin to enable the user")
+
+        caller = Caller(key_id=row.id, user=row.user, role=owner["role"], scopes=tuple(key_scopes(row)))
         self._cache[digest] = (now, caller, row.expires_at)
         await self._touch(row.id, now)
         return caller

@@ -107,7 +107,7 @@ class ContainerService:
 
         On any failure of a cold start, whatever was made is removed and the error re-raised.
         """
-        template = await self.templates.get(request.template) if request.template is not None else None
+        template = await self.templates.get_visible(caller, request.template) if request.template is not None else None
         missed_pool = None
         if template is not None and self.pool is not None and self.pool.can_serve(request):
             claimed = await self.pool.claim(caller, request, template)

@@ -55,8 +55,21 @@ class TemplateCatalog:
             raise TemplateNotFound(name, version)
         return _decode(row["spec"])
 
-    async def list(self, category: TemplateCategory | None = None) -> list[TemplateSpec]:
-        """Return the latest version of every template, built-ins first, each group sorted by name."""
+    async def get_visible(self, caller: Caller, name: str, version: int | None = None) -> TemplateSpec:
+        """Return a template the caller may use: a built-in, their own, or any for an admin.
+
+        Another user's custom template raises TemplateNotFound, exactly like a missing one.
+        """
+        template = await self.get(name, version)
+        if not visible_to(caller, template):
+            raise TemplateNotFound(name, version)
+        return template
+
+    async def list(self, category: TemplateCategory | None = None, caller: Caller | None = None) -> list[TemplateSpec]:
+        """Return the latest version of every template, built-ins first, each group sorted by name.
+
+        With `caller`, only the templates that caller may see.
+        """
         templates = sorted(self._builtins.values(), key=lambda template: template.name)
         rows = await (
             ContainerTemplate.select(ContainerTemplate.name, ContainerTemplate.spec)
@@ -70,6 +83,8 @@ class TemplateCatalog:
         templates.extend(latest.values())
         if category is not None:
             templates = [template for template in templates if template.category == category]
+        if caller is not None:
+            templates = [template for template in templates if visible_to(caller, template)]
         return templates
 
     async def versions(self, name: str) -> list[int]:
@@ -83,6 +98,8 @@ class TemplateCatalog:
     # --- changes -----------------------------------------------------------------------------
 
     async def create(self, caller: Caller, template: TemplateSpec) -> TemplateSpec:
+        # NOTE: template names are shared by all users, so a name another user took is a conflict,
+        # which tells the caller that the name exists (but nothing else about that template).
         if template.name in self._builtins or await self._exists(template.name):
             raise Conflict(
                 f"a template named {template.name!r} already exists; choose another name or update it with "
@@ -103,7 +120,7 @@ class TemplateCatalog:
     async def update(self, caller: Caller, name: str, template: TemplateSpec) -> TemplateSpec:
         """Store `template` as the next version of `name`; earlier versions stay readable."""
         self._reject_builtin(name, "updated")
-        current = await self.get(name)
+        current = await self.get_visible(caller, name)
         stored = msgspec.structs.replace(template, name=name, version=current.version + 1, builtin=False, owner=current.owner)
         await self._insert(stored)
         logger.info("updated template %s to version %s by %s", name, stored.version, caller.user)
@@ -112,7 +129,7 @@ class TemplateCatalog:
     async def delete(self, caller: Caller, name: str, force: bool) -> None:
         """Delete every version of a custom template, unless a pool or a live container uses it."""
         self._reject_builtin(name, "deleted")
-        await self.get(name)
+        await self.get_visible(caller, name)
         users = await self._users(name)
         if users and not force:
             raise TemplateInUse(name, users)
@@ -183,3 +200,8 @@ def _decode(spec: str | dict) -> TemplateSpec:
     if isinstance(spec, str):
         return msgspec.json.decode(spec, type=TemplateSpec)
     return msgspec.convert(spec, TemplateSpec)
+
+
+def visible_to(caller: Caller, template: TemplateSpec) -> bool:
+    """Tell whether a caller may see a template: built-ins are for everyone, custom ones for their owner and admins."""
+    return template.builtin or caller.is_admin or template.owner == caller.user
