@@ -19,6 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from corebase import __version__, db
 from corebase.alerts.service import AlertService
 from corebase.api.alerts import AlertController
+from corebase.api.audit import AuditPlugin
 from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
@@ -87,7 +88,8 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         # One guard checks the caller's role and key scopes on every route; see corebase.auth.access.
         guards=[require_access],
         exception_handlers=EXCEPTION_HANDLERS,
-        plugins=[PrometheusPlugin(settings)],
+        # AuditPlugin comes last, so its recorder is the outermost middleware and records every rejection.
+        plugins=[PrometheusPlugin(settings), AuditPlugin()],
         lifespan=[_lifespan],
         state=State(
             {

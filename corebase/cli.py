@@ -150,7 +150,7 @@ async def verify_audit(settings: Settings) -> int:
     if broken is not None:
         print(
             f"audit log broken at record {broken.record_id}: {broken.reason} "
-            f"({count} records before it verified)",
+            f"({count} records verified before the break was found)",
             file=sys.stderr,
         )
         return 1

@@ -2,7 +2,7 @@
 
 Appends serialise in two places: an asyncio lock within one process, and the database between
 processes. On PostgreSQL the insert transaction takes an advisory lock before it reads the last
-hash; on SQLite it is an IMMEDIATE transaction, which takes the database's write lock at BEGIN.
+hash. On SQLite it is an IMMEDIATE transaction, which takes the database's write lock at BEGIN.
 Either way no two appends can read the same last hash, so several processes keep one chain.
 """
 
@@ -102,19 +102,6 @@ class AuditLog:
             await row.save()
         return {**values, "id": row.id, "prev_hash": prev_hash, "hash": digest}
 
-    async def find(self, filters: AuditFilter) -> tuple[list[dict[str, Any]], int]:
-        """Return one page of records matching `filters`, newest first, and the number matching."""
-        condition = _condition(filters)
-        query = AuditRecord.select().order_by(AuditRecord.id, ascending=False).limit(filters.limit).offset(filters.offset)
-        count = AuditRecord.count()
-        if condition is not None:
-            query = query.where(condition)
-            count = count.where(condition)
-        rows = await query
-        for row in rows:
-            row["details"] = canonical_details(row["details"])
-        return rows, await count
-
 
 class AuditFilter(msgspec.Struct, kw_only=True):
     """Conditions of GET /api/audit; every one given must hold."""
@@ -129,14 +116,30 @@ class AuditFilter(msgspec.Struct, kw_only=True):
     offset: int = 0
 
 
+async def find_records(filters: AuditFilter) -> tuple[list[dict[str, Any]], int]:
+    """Return one page of records matching `filters`, newest first, and the number matching."""
+    condition = _condition(filters)
+    query = AuditRecord.select().order_by(AuditRecord.id, ascending=False).limit(filters.limit).offset(filters.offset)
+    count = AuditRecord.count()
+    if condition is not None:
+        query = query.where(condition)
+        count = count.where(condition)
+    rows = await query
+    for row in rows:
+        row["details"] = canonical_details(row["details"])
+    return rows, await count
+
+
 def _condition(filters: AuditFilter):
     conditions = []
     if filters.actor:
         conditions.append(AuditRecord.actor == filters.actor)
     if filters.action:
         # "runtime.*" selects every action under runtime; otherwise the action must match exactly.
+        # An underscore in the prefix also matches any one character in LIKE, which action names
+        # (dotted words) make harmless.
         if filters.action.endswith(".*"):
-            conditions.append(AuditRecord.action.like(filters.action[:-1].replace("%", r"\%").replace("_", r"\_") + "%"))
+            conditions.append(AuditRecord.action.like(filters.action[:-1] + "%"))
         else:
             conditions.append(AuditRecord.action == filters.action)
     if filters.outcome:
