@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install, start and stop the private PostgreSQL, Redis and image registry that the tests use.
 #
-#   scripts/services.sh install   apt-get install what is missing (needs root)
+#   scripts/services.sh install   apt-get install what is missing and register runsc with the engine (needs root)
 #   scripts/services.sh check     list missing packages; exit 1 if any are missing
 #   scripts/services.sh start     start each installed service, reusing instances that already run
 #   scripts/services.sh stop      stop the instances this script started
@@ -21,7 +21,13 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
-readonly PACKAGES=(postgresql redis-server docker-registry busybox-static)
+readonly PACKAGES=(postgresql redis-server docker-registry busybox-static runsc)
+# gVisor's runsc, registered with the Docker Engine for sandboxed containers. With --network=none a
+# sandboxed container has only a loopback interface, so gVisor's own network stack never has to
+# work with the engine's bridge networks.
+readonly SANDBOX_RUNTIME=runsc
+readonly SANDBOX_RUNTIME_ARGS='["--network=none"]'
+readonly DOCKER_DAEMON_JSON=${COREBASE_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}
 readonly DATABASE=corebase_test
 readonly DB_USER=corebase
 readonly READY_TIMEOUT=30 # seconds to wait for a started service to accept requests
@@ -83,6 +89,11 @@ cmd_check() {
 }
 
 cmd_install() {
+    install_packages
+    register_sandbox_runtime
+}
+
+install_packages() {
     local missing
     missing=$(missing_packages)
     if [ -z "$missing" ]; then
@@ -101,6 +112,60 @@ cmd_install() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y --no-install-recommends "${packages[@]}"
+}
+
+# Add runsc to the engine's runtimes in daemon.json, keeping every other key, and make the engine
+# reload its configuration with SIGHUP. The engine is never restarted, so running containers are
+# untouched. Does nothing when runsc is registered already, and only logs a hint without root.
+register_sandbox_runtime() {
+    local runsc_path pid
+    runsc_path=$(command -v "$SANDBOX_RUNTIME" 2>/dev/null) || {
+        log "$SANDBOX_RUNTIME is not installed; sandboxed containers are unavailable"
+        return 0
+    }
+    if engine_has_runtime; then
+        log "the engine already has the $SANDBOX_RUNTIME runtime"
+        return 0
+    fi
+    if ! is_root; then
+        log "run as root to register $SANDBOX_RUNTIME with the engine in $DOCKER_DAEMON_JSON"
+        return 0
+    fi
+
+    python3 - "$DOCKER_DAEMON_JSON" "$SANDBOX_RUNTIME" "$runsc_path" "$SANDBOX_RUNTIME_ARGS" <<'PYTHON'
+import json, os, sys
+path, name, program, arguments = sys.argv[1:]
+config = {}
+if os.path.exists(path):
+    with open(path) as handle:
+        text = handle.read().strip()
+    config = json.loads(text) if text else {}
+runtimes = config.setdefault("runtimes", {})
+runtimes.setdefault(name, {"path": program, "runtimeArgs": json.loads(arguments)})
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".tmp", "w") as handle:
+    json.dump(config, handle, indent=2)
+    handle.write("\n")
+os.replace(path + ".tmp", path)
+PYTHON
+
+    pid=$(pidof dockerd 2>/dev/null | awk '{print $1}') || true
+    if [ -z "$pid" ]; then
+        log "added $SANDBOX_RUNTIME to $DOCKER_DAEMON_JSON; no dockerd process found, so it applies at the engine's next start"
+        return 0
+    fi
+    log "added $SANDBOX_RUNTIME to $DOCKER_DAEMON_JSON; reloading dockerd (pid $pid) with SIGHUP"
+    kill -HUP "$pid"
+    if ! command -v docker >/dev/null 2>&1; then
+        log "the docker CLI is missing, so the reload cannot be checked; 'docker info' should list $SANDBOX_RUNTIME"
+        return 0
+    fi
+    wait_until engine_has_runtime || die "dockerd did not list the $SANDBOX_RUNTIME runtime after reloading $DOCKER_DAEMON_JSON; check the engine's log"
+}
+
+engine_has_runtime() {
+    command -v docker >/dev/null 2>&1 || return 1
+    docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -qF "\"$SANDBOX_RUNTIME\""
 }
 
 # ---------------------------------------------------------------------------------------------------
