@@ -25,6 +25,7 @@ from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
 from corebase.api.pools import PoolController
 from corebase.api.prometheus import PrometheusPlugin
+from corebase.api.ratelimit import RateLimitPlugin
 from corebase.api.runtime import RuntimeController
 from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
@@ -89,7 +90,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         guards=[require_access],
         exception_handlers=EXCEPTION_HANDLERS,
         # AuditPlugin comes last, so its recorder is the outermost middleware and records every rejection.
-        plugins=[PrometheusPlugin(settings), AuditPlugin()],
+        plugins=[PrometheusPlugin(settings), RateLimitPlugin(settings), AuditPlugin()],
         lifespan=[_lifespan],
         state=State(
             {

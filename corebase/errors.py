@@ -24,6 +24,7 @@
         │   ├── ContainerRunning
         │   ├── PortInUse
         │   └── TemplateInUse
+        ├── RateLimited              429, the API key sent too many requests; has Retry-After
         ├── EngineError              502, the engine refused an operation
         │   └── ImagePullFailed
         ├── EngineUnavailable        503, the engine cannot be reached
@@ -279,6 +280,23 @@ class TemplateInUse(Conflict):
             template=name,
             usedBy=users,
         )
+
+
+class RateLimited(ApiError):
+    """An API key used up its rate limit; Retry-After gives the whole seconds until its next request."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, key_id: str, retry_after: int, per_minute: int, burst: int) -> None:
+        super().__init__(
+            f"API key {key_id} sent more requests than its limit of {per_minute} per minute (burst {burst}); "
+            f"retry after {retry_after} s, or ask an admin to raise rate_limit.requests_per_minute",
+            keyId=key_id,
+            retryAfter=retry_after,
+        )
+        self.headers["Retry-After"] = str(retry_after)
 
 
 class EngineError(ApiError):

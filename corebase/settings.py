@@ -193,6 +193,13 @@ class AuthSettings(Section):
     """File name, inside the data directory, that a generated admin key is written to (mode 0600)."""
 
 
+class RateLimitSettings(Section):
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 1200
+    """Requests one API key may send per minute, over all API processes when redis.url is set; 0 turns limits off."""
+    burst: Annotated[int, msgspec.Meta(ge=0)] = 300
+    """Requests one API key may send at once before the per-minute rate applies; 0 means requests_per_minute."""
+
+
 class PluginSettings(Section):
     disabled: list[str] = []
     """Plugin names that are never loaded, built-in or installed."""
@@ -216,6 +223,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     templates: TemplateSettings = msgspec.field(default_factory=TemplateSettings)
     pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
 
     @property
