@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -18,7 +18,7 @@ import pytest
 import websockets
 from litestar.routes import HTTPRoute, WebSocketRoute
 
-from api_support import server_fixture
+from api_support import postgres_server, server_fixture
 from corebase.app import create_app
 from corebase.settings import load_settings
 from support.server import RunningServer
@@ -101,9 +101,15 @@ def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", MISSING_ID, path)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[RunningServer]:
-    yield from server_fixture(tmp_path_factory)
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+async def server(request, tmp_path_factory) -> AsyncIterator[RunningServer]:
+    """A server on SQLite, then one on PostgreSQL."""
+    if request.param == "sqlite":
+        for running in server_fixture(tmp_path_factory):
+            yield running
+        return
+    async for running in postgres_server(tmp_path_factory, request.getfixturevalue("postgres_url")):
+        yield running
 
 
 @pytest.fixture(scope="module")
