@@ -116,6 +116,21 @@ async def test_unknown_rule_is_recorded_as_denied(client):
     assert row["targetId"] == "rule_missing"
 
 
+async def test_policy_denial_keeps_reasons(client):
+    headers = {**await developer(client, "pia"), "X-Request-ID": "privileged-start"}
+    response = await client.post(
+        "/api/runtime/start", json=start_body("corebase-test/busybox:1", privileged=True), headers=headers
+    )
+    assert response.status_code == 403, response.text
+
+    row = await by_request_id(client, "privileged-start")
+    assert row["outcome"] == "denied"
+    assert row["action"] == "runtime.start"
+    assert row["details"]["problemType"].endswith("/policy-denied")
+    assert row["details"]["problem"]["reasons"] == response.json()["reasons"]
+    assert "privileged" in row["reason"]
+
+
 # --- changes -----------------------------------------------------------------------------------
 
 
