@@ -114,7 +114,9 @@ def corebase_routes(settings: Settings) -> list[Any]:
 
     Called once while the app is built. Return a list of handlers or Controller classes; all lists
     are joined and registered on the app. Extra routes require authentication like every other
-    route unless they set ``exclude_from_auth=True`` in their handler options.
+    route unless they set ``exclude_from_auth=True`` in their handler options. The role guard
+    applies too: GET, HEAD and OPTIONS need the viewer role, other methods developer, and
+    ``opt={"access": "admin"}`` makes a route admin-only.
     """
 
 
