@@ -71,6 +71,7 @@ class AuditRecorder:
         self._routes: dict[str, frozenset[str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # NOTE: WebSocket connections are not recorded, not even those rejected for a missing key.
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -101,8 +102,9 @@ class AuditRecorder:
             if exchange.status is None:
                 exchange.fail(exc)
                 _add_header(exc, exchange.request_id)
-                if exchange.recorded_status():
-                    await self._record(exchange)
+            # A response that started but never finished is recorded with the status it started with.
+            if exchange.recorded_status():
+                await self._record(exchange)
             raise
 
     async def _record(self, exchange: _Exchange) -> None:
