@@ -95,7 +95,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         state=State(
             {
                 "context": context,
-                "key_verifier": KeyVerifier(),
+                "key_verifier": KeyVerifier(settings.auth.key_cache_seconds),
                 "templates": TemplateCatalog(context.templates, settings.templates.images),
             }
         ),

@@ -191,6 +191,8 @@ class AuthSettings(Section):
     """Seed an admin API key with this value at start-up; empty generates one on first start."""
     admin_key_file: Annotated[str, msgspec.Meta(pattern=r"^[^/\\]+$")] = "admin-api-key"
     """File name, inside the data directory, that a generated admin key is written to (mode 0600)."""
+    key_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    """Seconds each API process caches a verified key, so a revocation made in another process takes effect within this time."""
 
 
 class RateLimitSettings(Section):

@@ -18,10 +18,10 @@ import pytest
 import websockets
 from litestar.routes import HTTPRoute, WebSocketRoute
 
-from api_support import postgres_server, server_fixture
+from api_support import create_postgres_database, drop_postgres_database, postgres_server, server_fixture
 from corebase.app import create_app
 from corebase.settings import load_settings
-from support.server import RunningServer
+from support.server import RunningServer, run_server
 
 # The minimum role each route needs. Routes of other features are listed as soon as they are
 # decided; an entry whose route is absent from the app is ignored.
@@ -357,3 +357,36 @@ def test_disabled_user_keys_stop_at_once(server: RunningServer):
 def test_missing_key_is_unauthorized(server: RunningServer):
     response = httpx.get(server.base_url + "/api/keys")
     assert response.status_code == 401
+
+
+async def test_revocation_reaches_other_processes(tmp_path_factory, postgres_url):
+    """Two more processes on the same database: one that never caches keys, one that caches them for an hour."""
+    database_url = await create_postgres_database(postgres_url)
+    try:
+        shared = {"COREBASE_DATABASE_URL": database_url}
+        with (
+            run_server(tmp_path_factory.mktemp("first"), env=shared) as first,
+            run_server(tmp_path_factory.mktemp("uncached"), env={**shared, "COREBASE_AUTH_KEY_CACHE_SECONDS": "0"}) as uncached,
+            run_server(tmp_path_factory.mktemp("cached"), env={**shared, "COREBASE_AUTH_KEY_CACHE_SECONDS": "3600"}) as cached,
+        ):
+            with first.client() as admin:
+                created = admin.post("/api/keys", json={"name": "shared", "user": "ivan"})
+                assert created.status_code == 404, "the user must exist before a key is made for it"
+                assert admin.post("/api/users", json={"name": "ivan"}).status_code == 201
+                created = admin.post("/api/keys", json={"name": "shared", "user": "ivan"})
+                assert created.status_code == 201, created.text
+                secret = created.json()["secret"]
+
+                for server in (uncached, cached):
+                    with server.client(secret) as ivan:
+                        assert ivan.get("/api/runtime/containers").status_code == 200
+
+                assert admin.delete(f"/api/keys/{created.json()['id']}").status_code == 200
+
+            with uncached.client(secret) as ivan:
+                assert ivan.get("/api/runtime/containers").status_code == 401
+            # The documented limit: a process that verified the key before keeps its cached answer.
+            with cached.client(secret) as ivan:
+                assert ivan.get("/api/runtime/containers").status_code == 200
+    finally:
+        await drop_postgres_database(postgres_url, database_url)

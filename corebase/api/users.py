@@ -116,8 +116,8 @@ class UserController(Controller):
     @patch(
         "/{name:str}",
         summary="Change a user's role, or disable or enable the user",
-        description="Takes effect at once in the process that handles it, and within 30 seconds in other "
-        "API processes, which cache verified keys that long.",
+        description="Takes effect at once in the process that handles it, and in other API processes "
+        "within auth.key_cache_seconds (30 by default), which is how long they cache a verified key.",
     )
     async def change_user(
         self, state: State, caller: CallerDependency, name: FromPath[str], data: JSONBody[UserChange]
@@ -151,8 +151,8 @@ class KeyController(Controller):
         "/{key_id:str}",
         status_code=HTTP_200_OK,
         summary="Revoke an API key",
-        description="Takes effect at once in the process that handles it, and within 30 seconds in other "
-        "API processes.",
+        description="Takes effect at once in the process that handles it, and in other API processes "
+        "within auth.key_cache_seconds (30 by default).",
     )
     async def delete_key(self, state: State, caller: CallerDependency, key_id: FromPath[str]) -> KeyRecord:
         return KeyRecord(**key_fields(await accounts.revoke_key(caller, state.key_verifier, key_id)))

@@ -24,8 +24,8 @@ from corebase.settings import Settings
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "cbk_"
-# Seconds a verified key stays in the in-process cache before the database is asked again,
-# which bounds how long a revoked key keeps working in a running process.
+# Default seconds a verified key stays in the in-process cache before the database is read again,
+# which bounds how long a revoked key keeps working in another process (auth.key_cache_seconds).
 CACHE_SECONDS = 30.0
 # Seconds between two writes of a key's last_used_at.
 LAST_USED_RESOLUTION = 60.0
@@ -128,11 +128,12 @@ class KeyVerifier:
     """Checks bearer secrets against stored hashes, with a short in-process cache.
 
     A revoked or expired key, a disabled user and a changed role take effect at once in the process
-    that made the change, because it calls `forget()`, and within CACHE_SECONDS in other processes.
+    that made the change, because it calls `forget()`, and within `cache_seconds` in other processes.
     An expiry is checked on every request, cached or not.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.cache_seconds = cache_seconds
         # key hash -> (monotonic time verified, caller, expiry), so an expiry is honoured on cache hits too
         self._cache: dict[str, tuple[float, Caller, datetime | None]] = {}
         self._last_used_written: dict[str, float] = {}
@@ -141,7 +142,7 @@ class KeyVerifier:
         digest = hash_secret(secret)
         now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached and now - cached[0] < CACHE_SECONDS and (cached[2] is None or cached[2] > utcnow()):
+        if cached and now - cached[0] < self.cache_seconds and (cached[2] is None or cached[2] > utcnow()):
             return cached[1]
 
         row = await ApiKey.objects().where(ApiKey.key_hash == digest).first()
