@@ -44,7 +44,7 @@ def metrics_route(public: bool) -> HTTPRouteHandler:
     @get(
         "/metrics",
         exclude_from_auth=public,
-        # The series name every user's containers, so reading them needs the admin role.
+        # The series cover every user's containers, so reading them needs the admin role.
         opt={"access": ADMIN_ONLY},
         security=[{}] if public else None,
         media_type=MediaType.TEXT,

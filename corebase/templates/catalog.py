@@ -98,8 +98,8 @@ class TemplateCatalog:
     # --- changes -----------------------------------------------------------------------------
 
     async def create(self, caller: Caller, template: TemplateSpec) -> TemplateSpec:
-        # NOTE: template names are shared by all users, so a name another user took is a conflict,
-        # which tells the caller that the name exists (but nothing else about that template).
+        # NOTE: template names are shared by all users, so a name another user took is a conflict.
+        # The conflict reveals that the name exists, but nothing else about that template.
         if template.name in self._builtins or await self._exists(template.name):
             raise Conflict(
                 f"a template named {template.name!r} already exists; choose another name or update it with "
