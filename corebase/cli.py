@@ -142,9 +142,18 @@ async def verify_audit(settings: Settings) -> int:
     from corebase import db
     from corebase.audit.log import verify_chain
 
+    import sqlite3
+
+    import asyncpg
+
     engine = await db.connect(settings)
     try:
         count, broken = await verify_chain()
+    except (sqlite3.OperationalError, asyncpg.UndefinedTableError) as exc:
+        raise ConfigError(
+            f"cannot read the audit log of {db.describe(settings)}: {exc}; check --data-dir or "
+            "COREBASE_DATABASE_URL, and run 'corebase migrate' if the database is new"
+        ) from None
     finally:
         await db.disconnect(engine)
     if broken is not None:

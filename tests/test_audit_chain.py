@@ -166,3 +166,17 @@ async def test_outcomes_are_stored(database, outcome):
     stored = await AuditLog().append(entry(1, outcome=outcome, status=403 if outcome == "denied" else 200))
     row = await AuditRecord.select().where(AuditRecord.id == stored["id"]).first()
     assert row["outcome"] == outcome
+
+
+def test_verify_cli_rejects_database_without_log(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "corebase", "audit", "verify", "--data-dir", str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no such table: audit_log" in result.stderr
+    assert "corebase migrate" in result.stderr
+    assert "Traceback" not in result.stderr
