@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import time
 
-import httpx
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
