@@ -26,6 +26,7 @@ from corebase.api.problems import EXCEPTION_HANDLERS
 from corebase.api.pools import PoolController
 from corebase.api.prometheus import PrometheusPlugin
 from corebase.api.ratelimit import RateLimitPlugin
+from corebase.api.quotas import QuotaController
 from corebase.api.runtime import RuntimeController
 from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
@@ -75,6 +76,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             AlertController,
             UserController,
             KeyController,
+            QuotaController,
             events_socket,
             logs_socket,
             *extra_routes,

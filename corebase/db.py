@@ -13,7 +13,7 @@ from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from corebase import piccolo_conf
 from corebase.piccolo_app import TABLES
@@ -110,6 +110,19 @@ async def pending_migrations() -> list[str]:
     known = manager.get_migration_ids(manager.get_migration_modules(app_config.resolved_migrations_folder_path))
     ran = set(await Migration.get_migrations_which_ran(app_name="corebase"))
     return [migration_id for migration_id in known if migration_id not in ran]
+
+
+def write_transaction():
+    """Open a transaction for a read-then-write step, such as a limit check followed by an insert.
+
+    On SQLite it is an immediate transaction, which takes the write lock at BEGIN, so no other
+    writer can change what the step reads before it commits. PostgreSQL's default transaction
+    does not serialise such steps; callers there add a lock of their own.
+    """
+    engine = piccolo_conf.DB
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.immediate)
+    return engine.transaction()
 
 
 async def ping(engine: Engine) -> None:

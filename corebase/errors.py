@@ -8,7 +8,8 @@
         │   └── ContainerStartRejected   the engine could not run the spec (bad command, user, ...)
         ├── Unauthorized             401
         ├── Forbidden                403
-        │   └── PolicyDenied         403, with every policy's reasons
+        │   ├── PolicyDenied         403, with every policy's reasons
+        │   └── QuotaExceeded        403, names the quota, its limit and the usage
         ├── NotFound                 404
         │   ├── ContainerNotFound
         │   ├── ImageNotFound
@@ -132,6 +133,13 @@ class PolicyDenied(Forbidden):
         summary = "; ".join(reason["reason"] for reason in reasons)
         super().__init__(f"the request was denied by security policy: {summary}", reasons=reasons)
         self.reasons = reasons
+
+
+class QuotaExceeded(Forbidden):
+    """A start would take the caller past a quota; `quota` names the limit, with `limit` and `usage`."""
+
+    slug = "quota-exceeded"
+    title = "Quota exceeded"
 
 
 class NotFound(ApiError):

@@ -94,6 +94,25 @@ class ContainerSettings(Section):
     """Seconds between the stop signal and SIGKILL when a request names no timeout."""
 
 
+class QuotaSettings(Section):
+    """Default per-user quotas. An admin can override them per user through /api/quotas/{user}.
+
+    Admins are not limited. Memory and CPU limits are caps, not reservations: the engine does
+    not set them aside, so the totals may add up to more than the host has.
+    """
+
+    max_containers: Annotated[int, msgspec.Meta(ge=0)] = 10
+    """Active containers one user may have at once; a stopped container counts until it is removed."""
+    max_memory: str = "16g"
+    """Sum of the memory limits of one user's active containers, in bytes or with a k/m/g suffix."""
+    max_cpus: Annotated[float, msgspec.Meta(ge=0)] = 16.0
+    """Sum of the CPU limits of one user's active containers, in CPUs."""
+    max_container_memory: str = "8g"
+    """Largest memory limit of any one container of a user; containers.max_memory also caps it."""
+    max_container_cpus: Annotated[float, msgspec.Meta(ge=0)] = 4.0
+    """Largest CPU limit of any one container of a user; containers.max_cpus also caps it."""
+
+
 class ExecSettings(Section):
     max_output: str = "1m"
     """Output kept per stream (stdout, stderr) of one exec; the rest is dropped and `truncated` set."""
@@ -216,6 +235,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     docker: DockerSettings = msgspec.field(default_factory=DockerSettings)
     containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
+    quotas: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
     exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
@@ -242,6 +262,8 @@ SIZE_SETTINGS = {
     ("containers", "default_memory"),
     ("containers", "max_memory"),
     ("exec", "max_output"),
+    ("quotas", "max_memory"),
+    ("quotas", "max_container_memory"),
 }
 
 

@@ -26,6 +26,7 @@ from corebase.api.schemas import ExecRequest, StartRequest
 from corebase.auth.caller import Caller
 from corebase.containers.spec import build_spec
 from corebase.containers.tables import ACTIVE_STATUSES, Container
+from corebase.quotas.service import QuotaService
 from corebase.errors import (
     ApiError,
     ContainerNotFound,
@@ -98,6 +99,7 @@ class ContainerService:
         self.engine_cpus = engine_cpus
         # Set by the app when pools are enabled; PoolService needs this service, so it comes later.
         self.pool: PoolService | None = None
+        self.quotas = QuotaService(settings.quotas)
         self._samples: OrderedDict[str, tuple[float, StatsSample]] = OrderedDict()
 
     # --- start -------------------------------------------------------------------------------
@@ -207,11 +209,15 @@ class ContainerService:
         )
         # The name check and the insert share one write transaction, so on SQLite two requests for
         # one name cannot both pass. On PostgreSQL the engine's own unique names are the backstop.
+        # The quota check runs in it too, so the new row counts for the caller's next start once
+        # it commits. Pool members belong to no user until claimed, so their rows are not charged.
         async with _write_transaction():
             if await Container.exists().where(
                 (Container.name == spec.name) & Container.status.is_in(list(ACTIVE_STATUSES))
             ):
                 raise NameInUse(spec.name)
+            if pool is None:
+                await self.quotas.reserve(caller, spec.memory, spec.nano_cpus)
             await row.save()
         return row
 

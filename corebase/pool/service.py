@@ -30,7 +30,7 @@ from datetime import timedelta
 import msgspec
 from piccolo.engine.postgres import PostgresEngine
 
-from corebase import leases
+from corebase import db, leases
 from corebase.api.schemas import StartRequest
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService, Started, generate_credentials, new_container_id, utcnow
@@ -272,7 +272,7 @@ class PoolService:
             await self._check_name_free(request.name)
 
         for _ in range(CLAIM_ATTEMPTS):
-            row = await self._take_idle(template, caller.user)
+            row = await self._take_idle_within_quota(template, caller)
             if row is None:
                 self.refill_soon()
                 return None
@@ -351,6 +351,21 @@ class PoolService:
             if isinstance(values.get(column), str):
                 values[column] = json.loads(values[column])
         return Container.from_dict(values)
+
+    async def _take_idle_within_quota(self, template: TemplateSpec, caller: Caller) -> Container | None:
+        """Take an idle member and charge it to the caller's quota in one transaction.
+
+        A member that would take the caller past a quota goes back to idle when the transaction
+        rolls back, and QuotaExceeded reaches the caller. Admins have no quota, so their claims
+        skip the transaction.
+        """
+        if caller.is_admin:
+            return await self._take_idle(template, caller.user)
+        async with db.write_transaction():
+            row = await self._take_idle(template, caller.user)
+            if row is not None:
+                await self.containers.quotas.reserve(caller, row.memory, row.nano_cpus, exclude_id=row.id)
+            return row
 
     def refill_soon(self) -> None:
         """Wake the manager once claims pause, so member starts do not compete with a burst of claims."""
