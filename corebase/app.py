@@ -23,6 +23,7 @@ from corebase.api.audit import AuditPlugin
 from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.problems import EXCEPTION_HANDLERS
+from corebase.api.policies import PolicyController
 from corebase.api.pools import PoolController
 from corebase.api.prometheus import PrometheusPlugin
 from corebase.api.ratelimit import RateLimitPlugin
@@ -74,6 +75,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             TemplateController,
             PoolController,
             AlertController,
+            PolicyController,
             UserController,
             KeyController,
             QuotaController,

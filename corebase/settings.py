@@ -33,6 +33,10 @@ ENV_ALIASES = {
 # ports, without NET_RAW, MKNOD, SYS_CHROOT, AUDIT_WRITE or SETFCAP from the engine's default set.
 DEFAULT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID")
 
+# Docker Hub, where images without a registry come from (the built-in templates' images among
+# them), and registries on the loopback interface.
+DEFAULT_REGISTRIES = ("docker.io", "localhost", "127.0.0.1", "[::1]")
+
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -221,6 +225,46 @@ class RateLimitSettings(Section):
     """Requests one API key may send at once before the per-minute rate applies; 0 means requests_per_minute."""
 
 
+IsolationLevel = Literal["standard", "sandboxed"]
+
+
+class RoleSecurity(Section):
+    allowed_registries: list[str] | None = None
+    """Registries this role may take images from, replacing security.allowed_registries; unset keeps that list."""
+    isolation: list[IsolationLevel] = msgspec.field(default_factory=lambda: ["standard", "sandboxed"])
+    """Isolation levels this role may ask for."""
+    exempt_policies: list[str] = []
+    """Names of security policies that are not applied to this role's requests, such as "require-limits"."""
+
+
+class SecuritySettings(Section):
+    allowed_registries: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_REGISTRIES))
+    """Registries images may come from: a host ("docker.io", any port), host:port, or a path prefix
+    ("registry.example.com/team"). An image without a registry is on docker.io. "*" allows every registry."""
+    sandbox_runtime: str = "runsc"
+    """Name of the engine's OCI runtime that runs `sandboxed` containers (gVisor's runsc)."""
+    default_isolation: IsolationLevel = "standard"
+    """Isolation level of a container when neither the request nor its template names one."""
+    roles: dict[str, RoleSecurity] = {}
+    """Per-role settings by role name (admin, developer, viewer); a role without an entry gets the defaults."""
+
+    def for_role(self, role: str) -> RoleSecurity:
+        """Return the settings of `role`, or the defaults when it has no entry."""
+        return self.roles.get(role) or RoleSecurity()
+
+    def registries_for(self, role: str) -> list[str]:
+        """Return the registries `role` may take images from."""
+        configured = self.for_role(role).allowed_registries
+        return self.allowed_registries if configured is None else configured
+
+
+class NetworkSettings(Section):
+    per_owner: bool = True
+    """Put each owner's containers on a bridge network of their own, so tenants cannot reach each other."""
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,31}$")] = "corebase"
+    """Start of the names of the networks CoreBase creates, such as corebase-alice-1a2b3c4d."""
+
+
 class PluginSettings(Section):
     disabled: list[str] = []
     """Plugin names that are never loaded, built-in or installed."""
@@ -246,6 +290,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    networks: NetworkSettings = msgspec.field(default_factory=NetworkSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
 
     @property

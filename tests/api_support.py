@@ -15,10 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiodocker
 import asyncpg
+from aiodocker.networks import DockerNetwork
 import httpx
 import pytest
 
-from support.server import RunningServer, run_server
+from support.server import TEST_NETWORK_PREFIX, RunningServer, run_server
 
 RUN_LABEL = "corebase-test.run"
 RUN_ID = secrets.token_hex(6)
@@ -48,6 +49,23 @@ async def remove_containers(label: str, corebase_ids: set[str] | None = None) ->
 
 async def cleanup_run_containers() -> None:
     await remove_containers(f"{RUN_LABEL}={RUN_ID}")
+    await remove_test_networks()
+
+
+async def remove_test_networks() -> None:
+    """Remove the per-owner networks that this process's servers created; those still in use stay."""
+    docker = aiodocker.Docker()
+    try:
+        for network in await docker.networks.list(filters={"label": ["corebase.managed=true"]}):
+            if not network["Name"].startswith(TEST_NETWORK_PREFIX + "-"):
+                continue
+            try:
+                await DockerNetwork(docker, network["Id"]).delete()
+            except aiodocker.DockerError as exc:
+                if exc.status not in (404, 403, 409):
+                    raise
+    finally:
+        await docker.close()
 
 
 async def run_containers_in_engine() -> list[dict]:

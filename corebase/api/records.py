@@ -47,6 +47,8 @@ def container_record(row: Container, credentials: dict[str, str] | None = None) 
         finished_at=row.finished_at,
         removed_at=row.removed_at,
         source=row.source,
+        isolation=row.isolation,
+        network=row.network,
         credentials=credentials or None,
     )
 

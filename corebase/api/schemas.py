@@ -56,11 +56,16 @@ class StartRequest(Body):
     mounts: list[MountRequest] = []
     # Docker CLI style "source:target[:ro]" entries; a source that is a path is a host bind mount.
     volumes: list[str] = []
+    # "standard", or "sandboxed" for gVisor's runsc; the template's level, else the configured default.
+    isolation: Literal["standard", "sandboxed"] | None = None
+    # "owner" joins the owner's own bridge network (the default); "none" gives no network at all.
+    network: Literal["owner", "none"] | None = None
     # Accepted so that a request for them is rejected by policy with a reason, not ignored.
     privileged: bool = False
     network_mode: str | None = None
     pid_mode: str | None = None
     ipc_mode: str | None = None
+    devices: list[str] = []
 
 
 class StopRequest(Body):
@@ -124,6 +129,10 @@ class ContainerRecord(Record):
     removed_at: datetime | None
     # "pool" when the container was claimed from a pre-warmed pool, "cold" when created for the request.
     source: str | None = None
+    # "standard" (runc) or "sandboxed" (gVisor's runsc).
+    isolation: str = "standard"
+    # The engine network the container joined: its owner's network, or "none".
+    network: str | None = None
     # Secrets generated for the template, in the start response only; CoreBase does not show them again.
     credentials: dict[str, str] | None = None
 

@@ -48,6 +48,8 @@ class TemplateUpdateBody(Body):
     generated_env: list[str] = []
     workdir: str | None = None
     user: str | None = None
+    # Isolation level of containers from this template unless a start request names one.
+    isolation: Literal["standard", "sandboxed"] | None = None
 
 
 class TemplateBody(TemplateUpdateBody, kw_only=True):
@@ -83,6 +85,7 @@ class TemplateRecord(Record):
     user: str | None
     builtin: bool
     owner: str | None
+    isolation: str | None = None
     versions: list[int] | None = None
 
 

@@ -24,7 +24,8 @@ from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from corebase.api.schemas import ExecRequest, StartRequest
 from corebase.auth.caller import Caller
-from corebase.containers.spec import build_spec
+from corebase.containers.networks import network_labels, owner_network
+from corebase.containers.spec import LABEL_OWNER, build_spec
 from corebase.containers.tables import ACTIVE_STATUSES, Container
 from corebase.quotas.service import QuotaService
 from corebase.errors import (
@@ -41,7 +42,7 @@ from corebase.runtime.cpu import cpu_percent
 from corebase.runtime.protocol import ContainerRuntime
 from corebase.runtime.types import ContainerSpec, ContainerState, ExecResult, LogChunk, LogOptions, StatsSample
 from corebase.security import Policy, PolicyRequest
-from corebase.security.policy import enforce_policies
+from corebase.security.policy import Verdict, dry_run_policies, enforce_policies
 from corebase.settings import Settings
 from corebase.sizes import parse_size
 from corebase.templates import TemplateSpec
@@ -101,6 +102,8 @@ class ContainerService:
         self.pool: PoolService | None = None
         self.quotas = QuotaService(settings.quotas)
         self._samples: OrderedDict[str, tuple[float, StatsSample]] = OrderedDict()
+        # OCI runtimes the engine was last seen to have, such as {"runc", "runsc"}.
+        self._engine_runtimes: set[str] = set()
 
     # --- start -------------------------------------------------------------------------------
 
@@ -110,13 +113,6 @@ class ContainerService:
         On any failure of a cold start, whatever was made is removed and the error re-raised.
         """
         template = await self.templates.get_visible(caller, request.template) if request.template is not None else None
-        missed_pool = None
-        if template is not None and self.pool is not None and self.pool.can_serve(request):
-            claimed = await self.pool.claim(caller, request, template)
-            if claimed is not None:
-                return claimed
-            missed_pool = template.name
-
         container_id = new_container_id()
         # A value the request sets itself replaces the generated one, and the caller knows it already.
         credentials = {
@@ -131,7 +127,16 @@ class ContainerService:
             template=template,
             credentials=credentials,
         )
-        await enforce_policies(self.policies, PolicyRequest(spec=spec, caller=caller, template=request.template))
+        # Pool members are built for no one, so the caller's own spec is checked before a claim too.
+        await self.check_spec(caller, spec, request.template)
+
+        missed_pool = None
+        if template is not None and self.pool is not None and self.pool.can_serve(request):
+            claimed = await self.pool.claim(caller, request, template)
+            if claimed is not None:
+                return claimed
+            missed_pool = template.name
+
         row = await self.insert_creating(
             container_id,
             spec,
@@ -146,6 +151,70 @@ class ContainerService:
         logger.info("started container %s image=%s owner=%s source=cold", row.id, spec.image, caller.user)
         return Started(row, credentials)
 
+    async def check_spec(self, caller: Caller, spec: ContainerSpec, template: str | None) -> None:
+        """Enforce the policies that apply to the caller's role, then check the engine can run the spec.
+
+        Raises PolicyDenied with every reason, or InvalidField (422) for an isolation level the engine lacks.
+        """
+        exempt = self.settings.security.for_role(caller.role).exempt_policies
+        await enforce_policies(self.policies, PolicyRequest(spec=spec, caller=caller, template=template), exempt)
+        await self._check_engine_runtime(spec)
+
+    async def evaluate(self, caller: Caller, request: StartRequest) -> list[Verdict]:
+        """Build the spec `request` would start and return every policy's verdict; nothing is created."""
+        template = await self.templates.get_visible(caller, request.template) if request.template is not None else None
+        spec = build_spec(
+            request,
+            self.settings,
+            container_id=new_container_id(),
+            owner=caller.user,
+            engine_cpus=self.engine_cpus,
+            template=template,
+            credentials=generate_credentials(template),
+        )
+        exempt = self.settings.security.for_role(caller.role).exempt_policies
+        return await dry_run_policies(
+            self.policies, PolicyRequest(spec=spec, caller=caller, template=request.template), exempt
+        )
+
+    async def _check_engine_runtime(self, spec: ContainerSpec) -> None:
+        """Raise InvalidField when the spec names an OCI runtime the engine does not have registered.
+
+        The engine's list is read again on every miss, so a runtime registered while CoreBase runs is found.
+        """
+        if spec.runtime is None or spec.runtime in self._engine_runtimes:
+            return
+        self._engine_runtimes = set((await self.runtime.info()).runtimes)
+        if spec.runtime not in self._engine_runtimes:
+            raise InvalidField(
+                "isolation",
+                f"isolation {spec.isolation!r} needs the engine runtime {spec.runtime!r}, which this engine does not "
+                f"have (it has {', '.join(sorted(self._engine_runtimes)) or 'none'}); ask for isolation \"standard\", "
+                "or register the runtime with the engine",
+            )
+
+    async def _ensure_network(self, spec: ContainerSpec) -> None:
+        """Create the owner's network on first use, when the spec joins it; other modes need nothing."""
+        owner = spec.labels.get(LABEL_OWNER, "")
+        network = owner_network(owner, self.settings)
+        if network is not None and spec.network_mode == network:
+            await self.runtime.ensure_network(network, network_labels(owner))
+
+    async def join_owner_network(self, row: Container, owner: str) -> None:
+        """Move a claimed pool member from the pool's network to its new owner's network.
+
+        The new network is joined before the old one is left, so a failure leaves the member where it
+        was, or on both networks only when leaving fails, which raises and makes the claim fail.
+        """
+        network = owner_network(owner, self.settings)
+        if network is None or row.network in (None, network):
+            return
+        previous = row.network
+        await self.runtime.ensure_network(network, network_labels(owner))
+        await self.runtime.connect_network(row.docker_id, network)
+        await self.runtime.disconnect_network(row.docker_id, previous)
+        row.network = network
+
     async def launch(self, row: Container, spec: ContainerSpec) -> None:
         """Create and start the engine container for a `creating` row, then store its state.
 
@@ -153,6 +222,7 @@ class ContainerService:
         """
         engine_id = None
         try:
+            await self._ensure_network(spec)
             engine_id = await self.runtime.create(spec)
             row.docker_id = engine_id
             await self.runtime.start(engine_id)
@@ -204,6 +274,8 @@ class ContainerService:
             memory=spec.memory,
             nano_cpus=spec.nano_cpus,
             pids_limit=spec.pids_limit,
+            isolation=spec.isolation,
+            network=spec.network_mode,
             created_at=now,
             updated_at=now,
         )

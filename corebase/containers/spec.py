@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from corebase.api.schemas import StartRequest
+from corebase.containers.networks import NO_NETWORK, owner_network
 from corebase.errors import InvalidField
 from corebase.runtime.types import ContainerSpec, MountSpec, PortBinding
 from corebase.settings import Settings
@@ -32,6 +33,8 @@ ENV_NAME_PATTERN = re.compile(r"^[^=\0]+$")
 PORT_KEY_PATTERN = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
 RESERVED_LABEL_PREFIX = "corebase."
 PROJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# The engine's rule for named volumes.
+VOLUME_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 # Stands in for a template when a request names an image, so every default reads from one place.
 _NO_TEMPLATE = TemplateSpec(name="", image="", category="custom")
@@ -84,6 +87,9 @@ def build_spec(
 
     defaults = template or _NO_TEMPLATE
     template_ports = {str(port): None for port in defaults.ports}
+    ports = {**template_ports, **request.ports}
+    network_mode = _network_mode(request, settings, owner, has_ports=bool(ports))
+    isolation = request.isolation or defaults.isolation or settings.security.default_isolation
     return ContainerSpec(
         image=image,
         name=name,
@@ -91,7 +97,7 @@ def build_spec(
         command=request.command if request.command is not None else defaults.command,
         entrypoint=request.entrypoint,
         env={**defaults.env, **(credentials or {}), **request.env},
-        ports=_port_bindings({**template_ports, **request.ports}, limits.publish_host_ip),
+        ports=_port_bindings(ports, limits.publish_host_ip),
         mounts=[*_mounts(request), *_volume_mounts(request.volumes)],
         workdir=request.workdir if request.workdir is not None else defaults.workdir,
         user=request.user if request.user is not None else defaults.user,
@@ -104,11 +110,33 @@ def build_spec(
         cap_add=list(limits.cap_add),
         security_opt=["no-new-privileges:true"] if limits.no_new_privileges else [],
         privileged=request.privileged,
-        network_mode=request.network_mode,
+        network_mode=network_mode,
         pid_mode=request.pid_mode,
         ipc_mode=request.ipc_mode,
+        devices=list(request.devices),
+        isolation=isolation,
+        runtime=settings.security.sandbox_runtime if isolation == "sandboxed" else None,
         pull_policy=settings.docker.pull_policy,
     )
+
+
+def _network_mode(request: StartRequest, settings: Settings, owner: str, *, has_ports: bool) -> str | None:
+    """Return the engine network mode: `networkMode` as given, "none", or the owner's own network.
+
+    A `networkMode` other than "none" or the owner's network is left for the policies to deny with
+    a reason. None (the engine's default bridge) only when per-owner networks are turned off.
+    """
+    if request.network_mode is not None and request.network is not None:
+        raise InvalidField("network", "give either network or networkMode, not both; use network \"none\" or leave both out")
+    if request.network_mode is not None:
+        mode = request.network_mode
+    elif request.network == NO_NETWORK:
+        mode = NO_NETWORK
+    else:
+        mode = owner_network(owner, settings)
+    if mode == NO_NETWORK and has_ports:
+        raise InvalidField("ports", "a container without a network cannot publish ports; remove 'ports' or the network \"none\"")
+    return mode
 
 
 def memory_limit(
@@ -260,6 +288,12 @@ def _mounts(request: StartRequest) -> list[MountSpec]:
             raise InvalidField(f"mounts[{index}].target", f"mount target {mount.target!r} must be an absolute path")
         if mount.type in ("volume", "bind") and not mount.source:
             raise InvalidField(f"mounts[{index}].source", f"a {mount.type} mount needs a source")
+        if mount.type == "volume" and not VOLUME_NAME_PATTERN.match(mount.source):
+            raise InvalidField(
+                f"mounts[{index}].source",
+                f"volume name {mount.source!r} is invalid; use letters, digits, '_', '.' or '-', "
+                "or a mount of type \"bind\" for a host path",
+            )
         mounts.append(MountSpec(type=mount.type, target=mount.target, source=mount.source, read_only=mount.read_only))
     return mounts
 
@@ -279,6 +313,11 @@ def _volume_mounts(volumes: list[str]) -> list[MountSpec]:
         if not target.startswith("/"):
             raise InvalidField(f"volumes[{index}]", f"volume target {target!r} must be an absolute path")
         is_path = source is not None and (source.startswith(("/", ".", "~")) or "/" in source)
+        if source is not None and not is_path and not VOLUME_NAME_PATTERN.match(source):
+            raise InvalidField(
+                f"volumes[{index}]",
+                f"volume name {source!r} is invalid; use letters, digits, '_', '.' or '-' before the ':'",
+            )
         mounts.append(
             MountSpec(
                 type="bind" if is_path else "volume",

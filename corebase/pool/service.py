@@ -284,6 +284,12 @@ class PoolService:
             except ApiError:
                 await self._release(row.id)
                 raise
+            try:
+                await self.containers.join_owner_network(row, caller.user)
+            except ApiError:
+                # The member may be on the caller's network already, so it cannot go back to the pool.
+                await self._discard(row.id, row.docker_id)
+                raise
 
             credentials = dict(row.pending_credentials or {})
             row.owner = caller.user
@@ -319,6 +325,7 @@ class PoolService:
                 Container.source: "pool",
                 Container.updated_at: row.updated_at,
                 Container.claim_ms: row.claim_ms,
+                Container.network: row.network,
             }
         ).where((Container.id == row.id) & (Container.pool_state == "claimed"))
 

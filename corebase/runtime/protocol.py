@@ -96,5 +96,14 @@ class ContainerRuntime(Protocol):
     async def pull(self, image: str) -> None:
         """Pull an image; raise ImageNotFound or ImagePullFailed from the pull's progress messages."""
 
+    async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        """Create the bridge network `name` with `labels` unless it exists; two concurrent calls create one network."""
+
+    async def connect_network(self, engine_id: str, name: str) -> None:
+        """Attach a running or stopped container to the network `name`."""
+
+    async def disconnect_network(self, engine_id: str, name: str) -> None:
+        """Detach a container from the network `name`; do nothing when it is not attached."""
+
     async def close(self) -> None:
         """Release connections to the engine."""

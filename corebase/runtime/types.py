@@ -72,6 +72,12 @@ class ContainerSpec(msgspec.Struct):
     pid_mode: str | None = None
     ipc_mode: str | None = None
     healthcheck: HealthCheck | None = None
+    # Host devices to expose, in the Docker CLI form "/dev/host[:/dev/container[:permissions]]".
+    devices: list[str] = []
+    # "standard" or "sandboxed"; `runtime` is the engine's OCI runtime that provides it.
+    isolation: str = "standard"
+    # The engine's OCI runtime by name, such as "runsc"; None uses the engine's default (runc).
+    runtime: str | None = None
     # "missing" pulls only when the image is absent, "always" before every create, "never" not at all.
     pull_policy: Literal["missing", "always", "never"] = "missing"
 

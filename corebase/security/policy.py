@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import msgspec
@@ -64,9 +64,31 @@ async def evaluate_policies(
     return verdicts
 
 
-async def enforce_policies(policies: Sequence[Policy], request: PolicyRequest) -> None:
-    """Raise PolicyDenied with the reasons of every denying policy, or return when all allow."""
-    verdicts = await evaluate_policies(policies, request)
+class Verdict(msgspec.Struct, frozen=True):
+    """One policy's decision in a dry run. An exempt policy is evaluated and shown, but not enforced."""
+
+    policy: str
+    allowed: bool
+    reasons: tuple[str, ...] = ()
+    exempt: bool = False
+
+
+async def dry_run_policies(
+    policies: Sequence[Policy], request: PolicyRequest, exempt: Collection[str] = ()
+) -> list[Verdict]:
+    """Evaluate every policy, exempt ones included, and return each verdict without raising."""
+    return [
+        Verdict(policy=name, allowed=decision.allowed, reasons=decision.reasons, exempt=name in exempt)
+        for name, decision in await evaluate_policies(policies, request)
+    ]
+
+
+async def enforce_policies(policies: Sequence[Policy], request: PolicyRequest, exempt: Collection[str] = ()) -> None:
+    """Raise PolicyDenied with the reasons of every denying policy, or return when all allow.
+
+    Policies named in `exempt` (the caller's role's `exempt_policies`) are not evaluated.
+    """
+    verdicts = await evaluate_policies([policy for policy in policies if policy.name not in exempt], request)
     reasons = [
         {"policy": name, "reason": reason}
         for name, decision in verdicts

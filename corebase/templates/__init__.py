@@ -35,6 +35,8 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     generated_env: list[str] = []
     workdir: str | None = None
     user: str | None = None
+    # Isolation level of containers from this template unless the request names one; None uses the configured default.
+    isolation: Literal["standard", "sandboxed"] | None = None
     version: int = 1
     builtin: bool = True
     owner: str | None = None

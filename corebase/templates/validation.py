@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from corebase.containers.spec import ENGINE_MIN_MEMORY, ENV_NAME_PATTERN, IMAGE_PATTERN
 from corebase.errors import InvalidField
@@ -33,6 +34,7 @@ def build_template(
     generated_env: list[str],
     workdir: str | None,
     user: str | None,
+    isolation: Literal["standard", "sandboxed"] | None = None,
 ) -> TemplateSpec:
     """Check every field of a custom template and return it; raise InvalidField naming the first bad one."""
     if not TEMPLATE_NAME_PATTERN.match(name):
@@ -91,6 +93,7 @@ def build_template(
         generated_env=generated_env,
         workdir=workdir,
         user=user,
+        isolation=isolation,
         builtin=False,
     )
 

@@ -32,6 +32,7 @@ from corebase_docker.events import stream_events
 from corebase_docker.execs import run_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
+from corebase_docker.networks import connect_network, disconnect_network, ensure_network
 from corebase_docker.specs import create_body
 from corebase_docker.state import state_from_inspect, state_from_list_entry
 from corebase_docker.stats import is_running_sample, parse_stats
@@ -62,6 +63,7 @@ class DockerRuntime:
         self.pull_timeout = pull_timeout
         self.stop_timeout = stop_timeout
         self._docker: aiodocker.Docker | None = None
+        self._network_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_settings(cls, docker: DockerSettings, containers: ContainerSettings) -> DockerRuntime:
@@ -95,6 +97,24 @@ class DockerRuntime:
         docker = self._client()
         with self._errors(f"pull image {image!r}"):
             await pull_image(docker, image, timeout=self.pull_timeout)
+
+    async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+        docker = self._client()
+        # One creation at a time per name in this process, so parallel starts make one network.
+        lock = self._network_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            with self._errors(f"create network {name!r}"):
+                await ensure_network(docker, name, labels)
+
+    async def connect_network(self, engine_id: str, name: str) -> None:
+        docker = self._client()
+        with self._errors(f"connect to network {name!r} container", engine_id):
+            await connect_network(docker, engine_id, name)
+
+    async def disconnect_network(self, engine_id: str, name: str) -> None:
+        docker = self._client()
+        with self._errors(f"disconnect from network {name!r} container", engine_id):
+            await disconnect_network(docker, engine_id, name)
 
     async def close(self) -> None:
         if self._docker is not None:

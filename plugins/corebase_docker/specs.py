@@ -60,7 +60,18 @@ def host_config(spec: ContainerSpec) -> dict[str, Any]:
 
     if spec.mounts:
         config["Mounts"] = [mount_body(mount) for mount in spec.mounts]
+    if spec.devices:
+        config["Devices"] = [device_body(device) for device in spec.devices]
+    if spec.runtime is not None:
+        config["Runtime"] = spec.runtime
     return config
+
+
+def device_body(device: str) -> dict[str, str]:
+    """Return one HostConfig.Devices entry from "/dev/host[:/dev/container[:permissions]]"."""
+    host, _, rest = device.partition(":")
+    container, _, permissions = rest.partition(":")
+    return {"PathOnHost": host, "PathInContainer": container or host, "CgroupPermissions": permissions or "rwm"}
 
 
 def create_body(spec: ContainerSpec, *, stop_timeout: float) -> dict[str, Any]:

@@ -10,9 +10,13 @@ from corebase import hookimpl
 from corebase.settings import Settings
 from corebase_policies.policies import (
     CapabilityAllowlist,
+    IsolationByRole,
+    NoDevices,
     NoHostMounts,
     NoHostNamespaces,
     NoPrivileged,
+    OwnerNetworkOnly,
+    RegistryAllowlist,
     RequireLimits,
 )
 
@@ -23,6 +27,10 @@ def corebase_security_policies(settings: Settings) -> list:
         NoPrivileged(),
         NoHostNamespaces(),
         NoHostMounts(),
+        NoDevices(),
         CapabilityAllowlist(settings.containers.cap_add),
+        RegistryAllowlist(settings),
+        IsolationByRole(settings),
+        OwnerNetworkOnly(settings),
         RequireLimits(),
     ]

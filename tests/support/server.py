@@ -18,6 +18,9 @@ import httpx
 
 # Seconds a server gets to respond to /health after it was started.
 START_TIMEOUT = 60.0
+# Prefix of the per-owner networks that servers started by this test process create, so clean-up
+# removes exactly those and never an installation's own networks.
+TEST_NETWORK_PREFIX = "cbtest-" + secrets.token_hex(4)
 
 
 @dataclass
@@ -56,6 +59,7 @@ def run_server(data_dir: Path, env: dict[str, str] | None = None, admin_key: str
     process_env = {
         **{name: value for name, value in os.environ.items() if not name.startswith("COREBASE_")},
         "COREBASE_ADMIN_API_KEY": admin_key,
+        "COREBASE_NETWORKS_PREFIX": TEST_NETWORK_PREFIX,
         **(env or {}),
     }
     with log_path.open("ab") as log:

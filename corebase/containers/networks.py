@@ -1,0 +1,38 @@
+"""The bridge networks CoreBase creates, one per owner, so one tenant's containers cannot reach another's.
+
+The engine isolates user-defined bridge networks from each other, so containers on different owners'
+networks cannot connect, while containers of one owner reach each other by address or name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from corebase.settings import Settings
+
+LABEL_NETWORK_OWNER = "corebase.owner"
+LABEL_NETWORK_MANAGED = "corebase.managed"
+# Network mode of a container with no network interface besides loopback.
+NO_NETWORK = "none"
+# Runs of characters that cannot appear in a network name; each becomes one "-".
+_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
+_OWNER_PART_LENGTH = 32
+
+
+def owner_network(owner: str, settings: Settings) -> str | None:
+    """Return the name of `owner`'s network, or None when per-owner networks are turned off.
+
+    The name carries a hash of the exact owner name, so owners whose names differ only in case or
+    in characters that cannot appear in a network name still get different networks.
+    """
+    if not settings.networks.per_owner:
+        return None
+    readable = _UNSAFE.sub("-", owner.lower()).strip("-.")[:_OWNER_PART_LENGTH] or "owner"
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
+    return f"{settings.networks.prefix}-{readable}-{digest}"
+
+
+def network_labels(owner: str) -> dict[str, str]:
+    """Return the labels of an owner's network, by which CoreBase and operators recognise it."""
+    return {LABEL_NETWORK_MANAGED: "true", LABEL_NETWORK_OWNER: owner}

@@ -1,0 +1,299 @@
+"""Tenant networks and isolation levels on the real engine.
+
+Reachability is tested from inside real containers: one listens with `nc`, others try to connect.
+Sandboxed containers need the engine to have gVisor's runsc registered (scripts/services.sh install
+does it as root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import aiodocker
+import httpx
+import pytest
+
+from api_support import RUN_ID, RUN_LABEL, remove_server_containers, server_fixture, start_body, toolbox_template_env
+from corebase import db
+from corebase.auth.keys import create_key
+from corebase.settings import load_settings
+from support.server import RunningServer
+from support.services import require_service
+
+pytestmark = pytest.mark.engine
+
+# Serves "hello" to every connection on port 8080, one connection at a time.
+LISTENER = ["sh", "-c", "while true; do echo hello | nc -l -p 8080; done"]
+SLEEPER = ["sleep", "600"]
+
+
+@pytest.fixture(scope="module")
+def net_server(tmp_path_factory, docker_available) -> RunningServer:
+    yield from server_fixture(tmp_path_factory)
+
+
+async def user_client(server: RunningServer, user: str) -> httpx.AsyncClient:
+    """Store a developer key for `user` in the server's database and return a client that uses it."""
+    settings = load_settings(environ={}, overrides={"server": {"data_dir": str(server.data_dir)}})
+    engine = await db.connect(settings)
+    try:
+        _, secret = await create_key(f"{user}-key", user, "developer")
+    finally:
+        await db.disconnect(engine)
+    return server.async_client(secret)
+
+
+async def start(client: httpx.AsyncClient, image: str, **fields) -> dict:
+    response = await client.post("/api/runtime/start", json=start_body(image, **fields))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def remove(client: httpx.AsyncClient, container_id: str) -> None:
+    response = await client.post("/api/runtime/remove", json={"containerId": container_id, "force": True})
+    assert response.status_code == 200, response.text
+
+
+async def exec_in(client: httpx.AsyncClient, container_id: str, command: list[str]) -> dict:
+    response = await client.post("/api/runtime/exec", json={"containerId": container_id, "command": command, "timeout": 20})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def address_on(docker: aiodocker.Docker, engine_id: str, network: str) -> str:
+    details = await docker.containers.container(engine_id).show()
+    return details["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+async def fetch(client: httpx.AsyncClient, container_id: str, address: str) -> dict:
+    """Connect from inside a container to address:8080 and read what the listener sends."""
+    return await exec_in(client, container_id, ["nc", "-w", "3", address, "8080"])
+
+
+async def test_tenants_cannot_reach_each_other(net_server, docker, test_image):
+    alice_name = "alice-" + secrets.token_hex(3)
+    bob_name = "bob-" + secrets.token_hex(3)
+    alice = await user_client(net_server, alice_name)
+    bob = await user_client(net_server, bob_name)
+    started: list[tuple[httpx.AsyncClient, str]] = []
+    try:
+        listener = await start(alice, test_image, command=LISTENER)
+        started.append((alice, listener["id"]))
+        neighbour = await start(alice, test_image, command=SLEEPER)
+        started.append((alice, neighbour["id"]))
+        stranger = await start(bob, test_image, command=SLEEPER)
+        started.append((bob, stranger["id"]))
+        offline = await start(alice, test_image, command=SLEEPER, network="none")
+        started.append((alice, offline["id"]))
+
+        assert listener["network"] == neighbour["network"]
+        assert stranger["network"] != listener["network"]
+        assert offline["network"] == "none"
+
+        network = await docker.networks.get(listener["network"])
+        labels = (await network.show())["Labels"]
+        assert labels["corebase.managed"] == "true"
+        assert labels["corebase.owner"] == alice_name
+        address = await address_on(docker, listener["dockerId"], listener["network"])
+        # Give the listener's shell a moment to open the port.
+        await asyncio.sleep(0.5)
+
+        same_tenant = await fetch(alice, neighbour["id"], address)
+        assert same_tenant["exitCode"] == 0, same_tenant
+        assert same_tenant["stdout"].strip() == "hello"
+
+        other_tenant = await fetch(bob, stranger["id"], address)
+        assert other_tenant["exitCode"] != 0, other_tenant
+        assert "hello" not in other_tenant["stdout"]
+
+        no_network = await fetch(alice, offline["id"], address)
+        assert no_network["exitCode"] != 0, no_network
+        assert "hello" not in no_network["stdout"]
+
+        # The listener still replies to its owner's container after the rejected attempts.
+        again = await fetch(alice, neighbour["id"], address)
+        assert again["stdout"].strip() == "hello"
+    finally:
+        for client, container_id in started:
+            await remove(client, container_id)
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_other_tenant_network_is_denied(net_server, test_image):
+    alice = await user_client(net_server, "alice-" + secrets.token_hex(3))
+    bob = await user_client(net_server, "bob-" + secrets.token_hex(3))
+    try:
+        mine = await start(alice, test_image, command=SLEEPER)
+        try:
+            response = await bob.post(
+                "/api/runtime/start", json=start_body(test_image, command=SLEEPER, networkMode=mine["network"])
+            )
+            assert response.status_code == 403, response.text
+            assert response.json()["reasons"][0]["policy"] == "owner-network-only"
+        finally:
+            await remove(alice, mine["id"])
+    finally:
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_published_ports_bind_to_loopback(net_server, docker, test_image):
+    async with net_server.async_client() as admin:
+        record = await start(admin, test_image, command=LISTENER, ports={"8080": None})
+        try:
+            assert [port["hostIp"] for port in record["ports"]] == ["127.0.0.1"]
+            details = await docker.containers.container(record["dockerId"]).show()
+            bindings = details["HostConfig"]["PortBindings"]["8080/tcp"]
+            assert [binding["HostIp"] for binding in bindings] == ["127.0.0.1"]
+        finally:
+            await remove(admin, record["id"])
+
+
+async def test_sandboxed_container_runs_in_runsc(net_server, docker, test_image):
+    info = await docker.system.info()
+    if "runsc" not in (info.get("Runtimes") or {}):
+        require_service("gVisor's runsc", "the engine has no runtime named runsc; run scripts/services.sh install as root")
+    async with net_server.async_client() as admin:
+        record = await start(admin, test_image, command=SLEEPER, isolation="sandboxed")
+        try:
+            assert record["isolation"] == "sandboxed"
+            details = await docker.containers.container(record["dockerId"]).show()
+            assert details["HostConfig"]["Runtime"] == "runsc"
+            # gVisor's kernel writes its own boot messages, which no host kernel does.
+            kernel = await exec_in(admin, record["id"], ["dmesg"])
+            assert "gVisor" in kernel["stdout"], kernel
+
+            listed = (await admin.get(f"/api/runtime/containers/{record['id']}")).json()
+            assert listed["isolation"] == "sandboxed"
+        finally:
+            await remove(admin, record["id"])
+
+
+async def test_standard_container_runs_in_runc(net_server, docker, test_image):
+    async with net_server.async_client() as admin:
+        record = await start(admin, test_image, command=SLEEPER)
+        try:
+            assert record["isolation"] == "standard"
+            details = await docker.containers.container(record["dockerId"]).show()
+            assert details["HostConfig"]["Runtime"] == "runc"
+        finally:
+            await remove(admin, record["id"])
+
+
+@pytest.fixture(scope="module")
+def runtime_missing_server(tmp_path_factory, docker_available) -> RunningServer:
+    yield from server_fixture(tmp_path_factory, {"COREBASE_SECURITY_SANDBOX_RUNTIME": "cbtest-no-such-runtime"})
+
+
+async def test_missing_sandbox_runtime_is_422(runtime_missing_server, test_image):
+    name = "cbtest-sandbox-" + secrets.token_hex(4)
+    async with runtime_missing_server.async_client() as admin:
+        response = await admin.post(
+            "/api/runtime/start", json=start_body(test_image, command=SLEEPER, isolation="sandboxed", name=name)
+        )
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert problem["field"] == "isolation"
+        assert "cbtest-no-such-runtime" in problem["detail"]
+        assert "standard" in problem["detail"]
+
+        missing = await admin.get(f"/api/runtime/containers/{name}")
+        assert missing.status_code == 404
+        docker = aiodocker.Docker()
+        try:
+            assert await docker.containers.list(all=True, filters={"name": [name]}) == []
+        finally:
+            await docker.close()
+
+
+# Developers may take images only from a loopback registry here, so a pool member of a template
+# whose image is on docker.io must be denied to them like a cold start would be.
+POOL_SERVER_CONFIG = """
+[security.roles.developer]
+allowed_registries = ["127.0.0.1"]
+"""
+
+
+@pytest.fixture(scope="module")
+def pool_server(tmp_path_factory, docker_available, toolbox_image) -> RunningServer:
+    config = tmp_path_factory.mktemp("pool-config") / "corebase.toml"
+    config.write_text(POOL_SERVER_CONFIG)
+    env = {**toolbox_template_env(toolbox_image), "COREBASE_POOL_INTERVAL": "0.2", "COREBASE_CONFIG": str(config)}
+    for running in server_fixture(tmp_path_factory, env):
+        yield running
+        asyncio.run(remove_server_containers(running.data_dir))
+
+
+async def idle_members(client: httpx.AsyncClient, template: str) -> int:
+    response = await client.get(f"/api/runtime/pools/{template}")
+    assert response.status_code == 200, response.text
+    return response.json()["idle"]
+
+
+async def wait_for_idle(client: httpx.AsyncClient, template: str, count: int, limit: float = 90.0) -> None:
+    deadline = time.monotonic() + limit
+    while await idle_members(client, template) != count:
+        assert time.monotonic() < deadline, f"pool {template} did not reach {count} idle members"
+        await asyncio.sleep(0.2)
+
+
+async def test_pool_claim_moves_to_owner_network(pool_server, docker):
+    body = {"template": "ubuntu", "labels": {RUN_LABEL: RUN_ID}}
+    async with pool_server.async_client() as admin:
+        response = await admin.put("/api/runtime/pools/ubuntu", json={"minIdle": 1, "maxIdle": 1, "maxTotal": 2})
+        assert response.status_code in (200, 201), response.text
+        try:
+            await wait_for_idle(admin, "ubuntu", 1)
+            developer = await user_client(pool_server, "dev-" + secrets.token_hex(3))
+            async with developer:
+                denied = await developer.post("/api/runtime/start", json=body)
+            assert denied.status_code == 403, denied.text
+            assert denied.json()["reasons"][0]["policy"] == "registry-allowlist"
+            assert await idle_members(admin, "ubuntu") == 1
+
+            claimed = await admin.post("/api/runtime/start", json=body)
+            assert claimed.status_code == 201, claimed.text
+            record = claimed.json()
+            try:
+                assert record["source"] == "pool"
+                details = await docker.containers.container(record["dockerId"]).show()
+                assert set(details["NetworkSettings"]["Networks"]) == {record["network"]}
+                network = await docker.networks.get(record["network"])
+                assert (await network.show())["Labels"]["corebase.owner"] == record["owner"]
+            finally:
+                await remove(admin, record["id"])
+        finally:
+            await admin.delete("/api/runtime/pools/ubuntu")
+
+
+async def test_template_sets_isolation(net_server, docker, test_image):
+    if "runsc" not in ((await docker.system.info()).get("Runtimes") or {}):
+        require_service("gVisor's runsc", "the engine has no runtime named runsc; run scripts/services.sh install as root")
+    name = "cbsandbox-" + secrets.token_hex(4)
+    async with net_server.async_client() as admin:
+        body = {"name": name, "image": test_image, "command": SLEEPER, "isolation": "sandboxed"}
+        created = await admin.post("/api/runtime/templates", json=body)
+        assert created.status_code == 201, created.text
+        assert created.json()["isolation"] == "sandboxed"
+        try:
+            labels = {RUN_LABEL: RUN_ID}
+            sandboxed = (await admin.post("/api/runtime/start", json={"template": name, "labels": labels})).json()
+            overridden = (
+                await admin.post("/api/runtime/start", json={"template": name, "labels": labels, "isolation": "standard"})
+            ).json()
+            try:
+                assert sandboxed["isolation"] == "sandboxed"
+                assert overridden["isolation"] == "standard"
+                runtimes = [
+                    (await docker.containers.container(record["dockerId"]).show())["HostConfig"]["Runtime"]
+                    for record in (sandboxed, overridden)
+                ]
+                assert runtimes == ["runsc", "runc"]
+            finally:
+                await remove(admin, sandboxed["id"])
+                await remove(admin, overridden["id"])
+        finally:
+            await admin.delete(f"/api/runtime/templates/{name}")
