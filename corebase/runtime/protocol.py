@@ -97,7 +97,7 @@ class ContainerRuntime(Protocol):
         """Pull an image; raise ImageNotFound or ImagePullFailed from the pull's progress messages."""
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        """Create the bridge network `name` with `labels` unless it exists; two concurrent calls create one network."""
+        """Create the bridge network `name` with `labels` unless it exists; concurrent calls leave one such network."""
 
     async def connect_network(self, engine_id: str, name: str) -> None:
         """Attach a running or stopped container to the network `name`."""

@@ -36,16 +36,39 @@ async def ensure_network(docker: aiodocker.Docker, name: str, labels: dict[str, 
         matches = await _named(docker, name)
 
     for network in matches:
-        found = network.get("Labels") or {}
-        if any(found.get(key) != value for key, value in labels.items()):
-            raise EngineError(
-                f"the engine has a network named {name!r} that CoreBase did not create (labels {found}); "
-                "remove or rename it, or set networks.prefix to another value"
-            )
+        _check_labels(name, network, labels)
     kept = min(matches, key=lambda network: (network.get("Created", ""), network["Id"]))
     for network in matches:
         if network is not kept:
             await _remove_duplicate(docker, network)
+
+
+async def network_ready(docker: aiodocker.Docker, name: str, labels: dict[str, str]) -> bool:
+    """Tell, with one engine call, whether exactly one network `name` exists and carries `labels`.
+
+    False means `ensure_network` has work to do: the network is missing, or the engine returns 400
+    because two networks share the name. Raises EngineError for a network CoreBase did not create.
+    """
+    try:
+        network = await docker._query_json(f"networks/{name}")
+    except aiodocker.DockerError as exc:
+        if exc.status in (400, 404):
+            return False
+        raise
+    # The engine also matches an id prefix, so only an exact name counts.
+    if network.get("Name") != name:
+        return False
+    _check_labels(name, network, labels)
+    return True
+
+
+def _check_labels(name: str, network: dict, labels: dict[str, str]) -> None:
+    found = network.get("Labels") or {}
+    if any(found.get(key) != value for key, value in labels.items()):
+        raise EngineError(
+            f"the engine has a network named {name!r} that CoreBase did not create (labels {found}); "
+            "remove or rename it, or set networks.prefix to another value"
+        )
 
 
 async def _named(docker: aiodocker.Docker, name: str) -> list[dict]:

@@ -32,7 +32,7 @@ from corebase_docker.events import stream_events
 from corebase_docker.execs import run_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
-from corebase_docker.networks import connect_network, disconnect_network, ensure_network
+from corebase_docker.networks import connect_network, disconnect_network, ensure_network, network_ready
 from corebase_docker.specs import create_body
 from corebase_docker.state import state_from_inspect, state_from_list_entry
 from corebase_docker.stats import is_running_sample, parse_stats
@@ -100,6 +100,10 @@ class DockerRuntime:
 
     async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
         docker = self._client()
+        with self._errors(f"inspect network {name!r}"):
+            if await network_ready(docker, name, labels):
+                return
+
         # One creation at a time per name in this process, so parallel starts make one network.
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
