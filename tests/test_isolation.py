@@ -14,12 +14,15 @@ import time
 import aiodocker
 import httpx
 import pytest
+from aiodocker.networks import DockerNetwork
 
 from api_support import RUN_ID, RUN_LABEL, remove_server_containers, server_fixture, start_body, toolbox_template_env
 from corebase import db
 from corebase.auth.keys import create_key
+from corebase.errors import EngineError
 from corebase.settings import load_settings
-from support.server import RunningServer
+from corebase_docker.runtime import DockerRuntime
+from support.server import TEST_NETWORK_PREFIX, RunningServer
 from support.services import require_service
 
 pytestmark = pytest.mark.engine
@@ -297,3 +300,45 @@ async def test_template_sets_isolation(net_server, docker, test_image):
                 await remove(admin, overridden["id"])
         finally:
             await admin.delete(f"/api/runtime/templates/{name}")
+
+
+async def named_networks(docker: aiodocker.Docker, name: str) -> list[dict]:
+    return [network for network in await docker.networks.list(filters={"name": [name]}) if network["Name"] == name]
+
+
+async def test_duplicate_owner_networks_are_merged(docker):
+    name = f"{TEST_NETWORK_PREFIX}-dup-{secrets.token_hex(3)}"
+    labels = {"corebase.managed": "true", "corebase.owner": "dup"}
+    runtime = DockerRuntime()
+    try:
+        # Two networks of one name, as racing creators can leave them.
+        for _ in range(2):
+            await docker.networks.create({"Name": name, "Driver": "bridge", "CheckDuplicate": False, "Labels": labels})
+        before = await named_networks(docker, name)
+        assert len(before) == 2
+        oldest = min(before, key=lambda network: (network["Created"], network["Id"]))
+
+        await runtime.ensure_network(name, labels)
+        after = await named_networks(docker, name)
+        assert [network["Id"] for network in after] == [oldest["Id"]]
+
+        # The name is unambiguous again, so a second call finds it with one inspect.
+        await runtime.ensure_network(name, labels)
+        assert len(await named_networks(docker, name)) == 1
+    finally:
+        await runtime.close()
+        for network in await named_networks(docker, name):
+            await DockerNetwork(docker, network["Id"]).delete()
+
+
+async def test_foreign_network_name_is_rejected(docker):
+    name = f"{TEST_NETWORK_PREFIX}-foreign-{secrets.token_hex(3)}"
+    runtime = DockerRuntime()
+    try:
+        await docker.networks.create({"Name": name, "Driver": "bridge", "Labels": {"corebase-test.other": "1"}})
+        with pytest.raises(EngineError, match="did not create"):
+            await runtime.ensure_network(name, {"corebase.managed": "true", "corebase.owner": "someone"})
+    finally:
+        await runtime.close()
+        for network in await named_networks(docker, name):
+            await DockerNetwork(docker, network["Id"]).delete()
