@@ -110,6 +110,8 @@ def start_server(data_dir: Path, settings: dict[str, str] | None = None) -> Serv
     port = free_port()
     admin_key = "cbk_bench_" + secrets.token_urlsafe(24)
     environment = {name: value for name, value in os.environ.items() if not name.startswith("COREBASE_")}
+    # A benchmark sends requests as fast as the server answers them, which the rate limit would cut.
+    environment["COREBASE_RATE_LIMIT_REQUESTS_PER_MINUTE"] = "0"
     environment.update(settings or {})
     environment["COREBASE_ADMIN_API_KEY"] = admin_key
     log_path = data_dir / "server.log"

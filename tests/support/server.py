@@ -60,6 +60,8 @@ def run_server(data_dir: Path, env: dict[str, str] | None = None, admin_key: str
         **{name: value for name, value in os.environ.items() if not name.startswith("COREBASE_")},
         "COREBASE_ADMIN_API_KEY": admin_key,
         "COREBASE_NETWORKS_PREFIX": TEST_NETWORK_PREFIX,
+        # Session-wide servers take thousands of requests from one key; the rate limit tests set their own limits.
+        "COREBASE_RATE_LIMIT_REQUESTS_PER_MINUTE": "0",
         **(env or {}),
     }
     with log_path.open("ab") as log:
