@@ -17,18 +17,20 @@ from corebase.app import create_app
 from corebase.audit.log import verify_chain
 from corebase.audit.tables import AuditRecord
 from corebase.auth.keys import create_key
-from support.server import run_server
+from support.server import TEST_NETWORK_PREFIX, run_server
 
 ADMIN_KEY = "cbk_audit_admin_" + "a" * 16
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def app_settings(settings):
-    """`settings` with a known admin key and no background sampling."""
+    """`settings` with a known admin key, no background sampling, and the test run's network prefix."""
     return msgspec.structs.replace(
         settings,
         auth=msgspec.structs.replace(settings.auth, admin_api_key=ADMIN_KEY),
         monitoring=msgspec.structs.replace(settings.monitoring, enabled=False),
+        # The session clean-up removes the owner networks that carry this prefix.
+        networks=msgspec.structs.replace(settings.networks, prefix=TEST_NETWORK_PREFIX),
     )
 
 
