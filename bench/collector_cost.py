@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -188,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.containers < 1 or args.window < args.interval:
         parser.error("use at least 1 container and a window of at least one interval")
 
-    def write(result: dict[str, Any]) -> None:
-        report(result)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-    return run_main(lambda run: benchmark(run, args), write)
+    return run_main(lambda run: benchmark(run, args), report, args.json)
 
 
 if __name__ == "__main__":

@@ -219,12 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subscribers < 1 or args.events < 2:
         parser.error("use at least 1 subscriber and 2 events")
 
-    def write(result: dict[str, Any]) -> None:
-        report(result)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-    return run_main(lambda run: benchmark(run, args), write)
+    return run_main(lambda run: benchmark(run, args), report, args.json)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ can remove exactly those containers on exit.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shlex
@@ -110,7 +111,7 @@ def start_server(data_dir: Path, settings: dict[str, str] | None = None) -> Serv
     port = free_port()
     admin_key = "cbk_bench_" + secrets.token_urlsafe(24)
     environment = {name: value for name, value in os.environ.items() if not name.startswith("COREBASE_")}
-    # A benchmark sends requests as fast as the server answers them, which the rate limit would cut.
+    # A benchmark sends requests as fast as the server handles them, so the rate limit would reject some.
     environment["COREBASE_RATE_LIMIT_REQUESTS_PER_MINUTE"] = "0"
     environment.update(settings or {})
     environment["COREBASE_ADMIN_API_KEY"] = admin_key
@@ -469,10 +470,15 @@ def server_cpu_seconds(server: Server) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_main(benchmark: Callable[[Run], Awaitable[dict[str, Any]]], report: Callable[[dict[str, Any]], None]) -> int:
+def run_main(
+    benchmark: Callable[[Run], Awaitable[dict[str, Any]]],
+    report: Callable[[dict[str, Any]], None],
+    json_file: Path | None = None,
+) -> int:
     """Run `benchmark`, then stop every server and remove this run's containers, whatever happened.
 
-    SIGTERM cancels the run like Ctrl-C does. Returns the process exit code: 0 when a report was
+    SIGTERM cancels the run like Ctrl-C does. The result is printed by `report` and, with
+    `json_file`, also written there as JSON. Returns the process exit code: 0 when a report was
     printed, 1 on failure, 130 when interrupted.
     """
     check_engine_address()
@@ -512,4 +518,6 @@ def run_main(benchmark: Callable[[Run], Awaitable[dict[str, Any]]], report: Call
     if result is None:
         return 130 if interrupted else 1
     report(result)
+    if json_file is not None:
+        json_file.write_text(json.dumps(result, indent=2) + "\n")
     return 0
