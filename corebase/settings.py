@@ -141,7 +141,7 @@ class MonitoringSettings(Section):
     max_parallel: Annotated[int, msgspec.Meta(ge=1, le=256)] = 32
     """Containers sampled at the same time."""
     fresh_for: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    """Seconds a stored sample answers GET /stats without a live reading; 0 means twice the interval."""
+    """Maximum age, in seconds, of a stored sample that GET /stats returns instead of a live reading; 0 means twice the interval."""
     raw_retention: Annotated[int, msgspec.Meta(ge=60)] = 86400
     """Seconds raw samples are kept."""
     rollup_step: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 60

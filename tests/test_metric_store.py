@@ -115,7 +115,8 @@ async def test_prune_deletes_data_past_retention(store):
     raw = await RuntimeMetric.select(RuntimeMetric.epoch).where(RuntimeMetric.resolution == 0)
     rolled = await RuntimeMetric.select(RuntimeMetric.epoch).where(RuntimeMetric.resolution == STEP)
     assert [row["epoch"] for row in raw] == [now - 100]
-    assert len(rolled) == 1 and rolled[0]["epoch"] > now - 7200
+    assert len(rolled) == 1
+    assert rolled[0]["epoch"] > now - 7200
 
 
 async def test_history_past_raw_retention_reads_rollups(store):
@@ -125,4 +126,6 @@ async def test_history_past_raw_retention_reads_rollups(store):
     await store.rollup(now=now)
     resolution, points = await store.history("ctr_a", now - 6000, now, 1, now=now)
     assert resolution == STEP
-    assert len(points) == 1 and points[0].samples == 6 and points[0].cpu_percent == pytest.approx(40.0)
+    assert len(points) == 1
+    assert points[0].samples == 6
+    assert points[0].cpu_percent == pytest.approx(40.0)

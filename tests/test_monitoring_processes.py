@@ -1,6 +1,6 @@
 """Two `corebase serve` processes on one PostgreSQL database and one Redis: shared events, one collector.
 
-A WebSocket client of one process sees what happens through the other, and exactly one process
+A WebSocket client of one process receives the events caused through the other, and exactly one process
 leads monitoring; when the leader is killed, the survivor takes over sampling and publishing.
 """
 
@@ -44,7 +44,7 @@ async def pair(tmp_path, postgres_url, redis_url, docker_available) -> AsyncIter
     admin_key = "cbk_test_" + secrets.token_urlsafe(24)
     try:
         with contextlib.ExitStack() as stack:
-            # run_server returns once a process answers, so the two never migrate the database at once.
+            # run_server returns once a process responds, so the two never migrate the database at once.
             yield [stack.enter_context(run_server(tmp_path / name, env=env, admin_key=admin_key)) for name in ("a", "b")]
     finally:
         try:

@@ -73,7 +73,7 @@ def stats_record(container_id: str, sample: StatsSample, cpu_percent: float | No
 
 
 def stored_stats_record(row: RuntimeMetric) -> StatsRecord:
-    """A StatsRecord from the collector's stored sample."""
+    """Build a StatsRecord from the collector's stored sample."""
     limit = row.memory_limit_bytes
     return StatsRecord(
         container_id=row.container_id,

@@ -217,11 +217,11 @@ class HealthRecord(Record):
 
 
 class MonitoringRecord(Record):
-    """What this API process does for monitoring. Only the leader samples; every process follows events."""
+    """This API process's part in monitoring. Only the leader samples, and every process follows engine events."""
 
     process: str
     leader: bool
-    # The process holding the monitor lease, which may be another one; None when nobody holds it.
+    # The process that has the monitor lease, which may be another one, or None when the lease is free.
     leader_process: str | None
     enabled: bool
     interval: float

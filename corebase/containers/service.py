@@ -498,7 +498,7 @@ class ContainerService:
         return row, current, percent
 
     async def find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:
-        """The caller's container by id or name, without asking the engine; see `_find`."""
+        """Find the caller's container by id or name without asking the engine, as `_find` does."""
         return await self._find(caller, reference, include_removed)
 
     # --- helpers -----------------------------------------------------------------------------

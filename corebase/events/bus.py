@@ -88,7 +88,7 @@ class EventBus:
         return "redis" if self.redis_url else "memory"
 
     async def start(self) -> None:
-        """Check that Redis answers, then start publishing and receiving; nothing to do in memory."""
+        """Ping Redis, then start the publishing and receiving tasks. The in-process bus needs no start."""
         if self._redis is None:
             return
         try:

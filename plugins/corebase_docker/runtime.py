@@ -213,7 +213,7 @@ class DockerRuntime:
             raw = await docker._query_json(
                 f"containers/{engine_id}/stats", params={"stream": False, "one-shot": True}
             )
-        # A container being removed answers with an empty body ("null").
+        # For a container being removed, the engine returns an empty body ("null").
         if not isinstance(raw, dict) or not is_running_sample(raw):
             raise ContainerNotRunning(engine_id)
         return parse_stats(raw)
