@@ -10,6 +10,7 @@ import sys
 
 import msgspec
 import pytest
+from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient
 
 from api_support import create_postgres_database, drop_postgres_database, start_body
@@ -104,6 +105,43 @@ async def test_developer_reading_audit_is_denied(client):
     assert row["role"] == "developer"
     assert row["keyId"].startswith("key_")
     assert row["action"] == "audit"
+
+
+async def test_refused_websocket_is_recorded(client):
+    with pytest.raises(WebSocketDisconnect):
+        session = await client.websocket_connect("/api/events", headers={"X-Request-ID": "ws-no-key"})
+        with session:
+            session.receive_text()
+
+    row = await by_request_id(client, "ws-no-key")
+    assert row["outcome"] == "denied"
+    assert row["status"] == 401
+    assert row["action"] == "events"
+    assert row["details"]["method"] == "WS"
+
+
+async def test_websocket_closed_as_not_found_is_recorded(client):
+    headers = {**await developer(client, "wes"), "X-Request-ID": "ws-missing"}
+    session = await client.websocket_connect("/api/runtime/logs/ws?containerId=ctr_0000000000000000", headers=headers)
+    with session:
+        message = json.loads(session.receive_text())
+        assert message["status"] == 404
+        with pytest.raises(WebSocketDisconnect):
+            session.receive_text()
+
+    row = await by_request_id(client, "ws-missing")
+    assert row["outcome"] == "denied"
+    assert row["status"] == 404
+    assert row["actor"] == "wes"
+    assert row["action"] == "runtime.logs.ws"
+
+
+async def test_accepted_websocket_is_not_recorded(client):
+    headers = {**await developer(client, "wanda"), "X-Request-ID": "ws-fine"}
+    session = await client.websocket_connect("/api/events", headers=headers)
+    with session:
+        assert json.loads(session.receive_text())["type"] == "subscribed"
+    assert [row for row in await audit(client, limit=1000) if row["requestId"] == "ws-fine"] == []
 
 
 async def test_unknown_rule_is_recorded_as_denied(client):

@@ -4,7 +4,10 @@ What is recorded:
 
 - every request other than GET, HEAD and OPTIONS, whatever its status: `success` below 400,
   `denied` for 401, 403, 404 and 429, `failed` otherwise;
-- every GET that is denied (401, 403, 404 or 429), such as a look at another user's container.
+- every GET that is denied (401, 403, 404 or 429), such as a look at another user's container;
+- every WebSocket connection that is denied: refused at the handshake (a missing key, a key
+  without the read scope, a rate limit) or closed by the handler with close code 4401, 4403,
+  4404 or 4429, such as a log stream of another user's container. Its method is "WS".
 
 The action comes from the method and the route template (see `action_name`), unless the handler
 sets ``opt={"audit_action": ...}``. The target comes from the last path parameter, then the
@@ -38,7 +41,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A client's request id is kept when it is short and plain; any other value is replaced.
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# WebSocket connections are recorded under this method; like reads, only when denied.
+WEBSOCKET = "WS"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", WEBSOCKET})
 DENIED_STATUSES = frozenset({401, 403, 404, 429})
 # Bytes of a request or response body read for target fields; larger bodies are not inspected.
 MAX_INSPECTED_BODY = 64 * 1024
@@ -59,6 +64,9 @@ TARGET_TYPES = {
     "policies": "policy",
 }
 
+# Application close codes carry an HTTP status plus this offset, as 4404 for "not found".
+CLOSE_CODE_OFFSET = 4000
+
 _PROBLEM_STANDARD_FIELDS = {"type", "title", "status", "detail", "instance"}
 
 
@@ -71,7 +79,9 @@ class AuditRecorder:
         self._routes: dict[str, frozenset[str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # NOTE: WebSocket connections are not recorded, not even those rejected for a missing key.
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -107,6 +117,27 @@ class AuditRecorder:
                 await self._record(exchange)
             raise
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run a WebSocket connection and record it when it is refused or closed with a denial code."""
+        exchange = _Exchange(scope, _request_id(scope))
+
+        async def send_with_record(message: Message) -> None:
+            if message["type"] == "websocket.close" and exchange.status is None:
+                status = message.get("code", 1000) - CLOSE_CODE_OFFSET
+                if status in DENIED_STATUSES:
+                    exchange.status, exchange.reason = status, message.get("reason") or ""
+                    await self._record(exchange)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_record)
+        except Exception as exc:
+            if exchange.status is None:
+                exchange.fail(exc)
+                if exchange.recorded_status():
+                    await self._record(exchange)
+            raise
+
     async def _record(self, exchange: _Exchange) -> None:
         if exchange.written:
             return
@@ -139,7 +170,7 @@ class _Exchange:
 
     def __init__(self, scope: Scope, request_id: str) -> None:
         self.scope = scope
-        self.method: str = scope["method"]
+        self.method: str = scope.get("method", WEBSOCKET)
         self.request_id = request_id
         self.status: int | None = None
         self.reason = ""

@@ -8,7 +8,8 @@ at any time by sending a JSON message:
 
 The server acknowledges each choice with {"type": "subscribed", "filter": {...}}. An invalid
 choice gets {"type": "error", "field": ..., "detail": ...}, and the earlier choice stays in place. Callers
-who are not admins receive events of their own containers only.
+who are not admins receive events of their own containers only, and a container id they cannot see
+gets the same 404 error as a missing one: at connection time the socket then closes with code 4404.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ async def events_socket(socket: WebSocket) -> None:
         await socket.send_text(_error(*problem).decode())
         await socket.close(code=CLOSE_BAD_REQUEST, reason=problem[1][:120])
         return
+    try:
+        await _check_visible(socket, caller, wanted.container_ids)
+    except ApiError as exc:
+        await socket.send_text(_error("containerId", exc.detail, exc.status).decode())
+        await socket.close(code=_close_code(exc.status), reason=exc.detail[:120])
+        return
 
     async def forward(current: EventFilter) -> None:
         def accepts(event: Event) -> bool:
@@ -114,6 +121,17 @@ async def events_socket(socket: WebSocket) -> None:
     await _run_until_disconnect(socket, read_client())
 
 
+async def _check_visible(socket: WebSocket, caller: Caller, container_ids: list[str]) -> None:
+    """Raise ContainerNotFound for a named container a non-admin caller does not own.
+
+    Admins may name any id, including one of a container that does not exist yet.
+    """
+    if caller.is_admin:
+        return
+    for container_id in container_ids:
+        await socket.app.state.containers.find(caller, container_id, include_removed=True)
+
+
 async def _read_subscription(socket: WebSocket, raw: str) -> EventFilter | None:
     """Decode a client's subscribe message, or send an error for an invalid one and return None."""
     try:
@@ -134,6 +152,11 @@ async def _read_subscription(socket: WebSocket, raw: str) -> EventFilter | None:
     problem = candidate.problem()
     if problem:
         await socket.send_text(_error(*problem).decode())
+        return None
+    try:
+        await _check_visible(socket, socket.user, candidate.container_ids)
+    except ApiError as exc:
+        await socket.send_text(_error("containerIds", exc.detail, exc.status).decode())
         return None
     return candidate
 
