@@ -175,6 +175,9 @@ def test_users_api(server: RunningServer):
         assert created.json()["disabledAt"] is None
         assert admin.post("/api/users", json={"name": "erin"}).status_code == 409
         assert admin.post("/api/users", json={"name": "bad name!"}).status_code == 422
+        reserved = admin.post("/api/users", json={"name": "me"})
+        assert reserved.status_code == 422
+        assert reserved.json()["field"] == "name"
         assert admin.post("/api/users", json={"name": "x", "role": "root"}).status_code == 400
 
         names = [user["name"] for user in admin.get("/api/users").json()]

@@ -74,7 +74,7 @@ class QuotaController(Controller):
     path = "/api/quotas"
     tags = ["quotas"]
 
-    # NOTE: this route shadows a user literally named "me" in the admin routes below.
+    # "me" is a reserved user name (corebase/auth/accounts.py), so this route shadows no user.
     @get("/me", summary="Read your own quota limits and current usage")
     async def get_own(self, state: State, caller: NamedDependency[Caller]) -> QuotaRecord:
         return await _quota_record(_service(state), caller.user, enforced=not caller.is_admin)

@@ -20,6 +20,8 @@ from corebase.errors import Conflict, Forbidden, InvalidField, KeyNotFound, User
 logger = logging.getLogger(__name__)
 
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,199}$")
+# Names that routes use for the caller themselves, such as GET /api/quotas/me.
+RESERVED_USER_NAMES = frozenset({"me"})
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -30,6 +32,8 @@ async def create_user(caller: Caller, name: str, role: Role) -> User:
         raise InvalidField(
             "name", f"user name {name!r} is invalid; use up to 200 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
         )
+    if name.lower() in RESERVED_USER_NAMES:
+        raise InvalidField("name", f"user name {name!r} is reserved for the caller's own routes, such as /api/quotas/me; choose another name")
     if await User.exists().where(User.name == name):
         raise Conflict(f"a user named {name!r} already exists; change it with PATCH /api/users/{name}", user=name)
 
