@@ -449,13 +449,18 @@ def _allowed_values(section: str, field: str) -> str:
 
 
 def _check_sizes(settings: Settings) -> None:
+    """Check every size setting parses; all but quotas, where 0 means nothing is allowed, must be above zero."""
     for section, field in SIZE_SETTINGS:
         value = getattr(getattr(settings, section), field)
+        variable = f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
         try:
-            parse_size(value)
+            size = parse_size(value)
         except ValueError as exc:
-            variable = f"{ENV_PREFIX}{section.upper()}_{field.upper()}"
             raise ConfigError(f"invalid setting {section}.{field} (variable {variable}): {exc}") from None
+        if size <= 0 and section != "quotas":
+            raise ConfigError(
+                f"invalid setting {section}.{field} (variable {variable}): {value!r} must be above zero, such as \"512m\""
+            )
 
 
 DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite")

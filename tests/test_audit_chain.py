@@ -75,6 +75,13 @@ def test_redact_removes_keys():
     assert "[redacted]" in text
 
 
+def test_redact_keeps_a_key_placeholder():
+    text = redact("pass a key as 'Authorization: Bearer <key>', not Bearer 'quoted-secret'")
+    assert "Bearer <key>'" in text
+    assert "quoted-secret" not in text
+
+
+
 # --- on each database --------------------------------------------------------------------------
 
 

@@ -123,3 +123,13 @@ def test_template_images_from_environment():
     assert settings.templates.images == {"python": "registry.local/python:3.12", "node": "n:22"}
     with pytest.raises(ConfigError, match="COREBASE_TEMPLATES_IMAGES"):
         load_settings(environ={"COREBASE_TEMPLATES_IMAGES": "python"})
+
+
+def test_zero_size_is_refused_at_start_up():
+    with pytest.raises(ConfigError, match="containers.default_memory .*must be above zero"):
+        load_settings(environ={"COREBASE_CONTAINERS_DEFAULT_MEMORY": "0"})
+
+
+def test_zero_quota_size_is_allowed():
+    settings = load_settings(environ={"COREBASE_QUOTAS_MAX_MEMORY": "0"})
+    assert settings.quotas.max_memory == "0"

@@ -26,6 +26,7 @@ import logging
 import re
 import secrets
 from typing import Any
+from urllib.parse import parse_qs
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException
@@ -245,13 +246,17 @@ class _Exchange:
         )
 
     def _target(self, action: str, opt: dict[str, Any]) -> tuple[str | None, str | None]:
-        """Find the target's type and id: last path parameter, then the request body, then the response."""
+        """Find the target's type and id: last path parameter, the query's containerId, the request body, the response."""
         target_type = opt.get("audit_target") or _target_type(action)
         path_params = self.scope.get("path_params") or {}
         if path_params:
             name, value = list(path_params.items())[-1]
             return target_type or name.removesuffix("_id"), str(value)
 
+        # Reads name their container in the query, as GET /api/runtime/logs?containerId=...
+        queried = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("containerId")
+        if queried:
+            return "container", queried[0]
         request = _json_object(self._request_body)
         response = _json_object(self._response_body) if (self.status or 500) < 400 else {}
         if isinstance(request.get("containerId"), str):

@@ -37,7 +37,8 @@ VERIFY_BATCH = 1000
 # API keys and bearer credentials that may appear in a message, replaced before anything is stored.
 SECRET_PATTERNS = (
     re.compile(r"cbk_[A-Za-z0-9_\-]{4,}"),
-    re.compile(r"(?i)(bearer\s+)\S+"),
+    # A placeholder such as "Bearer <key>" in a message is not a credential and stays readable.
+    re.compile(r"(?i)(bearer\s+)(?!<)['\"]?[^\s'\"]+"),
 )
 
 

@@ -158,7 +158,11 @@ def memory_limit(
         raise InvalidField("memory", f"memory: {exc}") from None
 
     if size < ENGINE_MIN_MEMORY:
-        hint = f'; a bare number is bytes, so for {value} megabytes write "{value}m"' if isinstance(value, int) else ""
+        hint = (
+            f'; a bare number is bytes, so for {value} megabytes write "{value}m"'
+            if isinstance(value, int) and value >= ENGINE_MIN_MEMORY >> 20
+            else '; ask for at least "6m", such as "512m"'
+        )
         raise InvalidField(
             "memory",
             f"memory {value!r} is {size} bytes, below the engine minimum of 6 MiB ({ENGINE_MIN_MEMORY} bytes){hint}",
@@ -302,6 +306,12 @@ def _volume_mounts(volumes: list[str]) -> list[MountSpec]:
     """Read Docker CLI style "source:target[:options]"; a source that looks like a path is a bind mount."""
     mounts = []
     for index, entry in enumerate(volumes):
+        if entry.lstrip().lower().startswith(("type=", "source=", "src=", "target=", "dst=", "destination=")):
+            raise InvalidField(
+                f"volumes[{index}]",
+                f"volume {entry!r} uses the --mount syntax, which volumes does not take; write 'source:/target[:ro]', "
+                'or put it in mounts as {"type": ..., "source": ..., "target": ...}',
+            )
         parts = entry.split(":")
         if len(parts) == 1:
             source, target, options = None, parts[0], ""

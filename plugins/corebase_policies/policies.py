@@ -227,7 +227,10 @@ class RequireLimits:
             if not value
         ]
         if missing:
-            return Decision.deny(f"limits are required for {', '.join(missing)}")
+            return Decision.deny(
+                f"limits are required for {', '.join(missing)}; set them in the request (such as "
+                '"memory": "512m", "cpus": 1, "pidsLimit": 256) or in the template, or configure defaults under [containers]'
+            )
         return Decision.allow()
 
 
