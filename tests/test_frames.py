@@ -1,4 +1,4 @@
-"""Decoding of the engine's multiplexed stream and of UTF-8 split across chunks."""
+"""Decoding of the engine's multiplexed stream and of UTF-8 split across chunks, on made-up and recorded output."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import struct
 
 import pytest
 
-from corebase_docker.frames import FrameDecoder, FrameError, TextDecoder
+from corebase.runtime.text import TextDecoder
+from corebase_docker.frames import FrameDecoder, FrameError
+from support.frames_recording import (
+    CONTAINER_RECORDING,
+    EXEC_RECORDING,
+    EXPECTED_BYTES,
+    record_container,
+    record_exec,
+)
 
 STDIN, STDOUT, STDERR, SYSTEMERR = 0, 1, 2, 3
 
@@ -204,3 +212,85 @@ def test_frames_and_text_together_bytewise() -> None:
         output[stream] += text.finish(stream)
 
     assert output == {"stdout": "café!", "stderr": "✓"}
+
+
+# --- recorded engine output --------------------------------------------------------------------
+# tests/support/frames_recording.py wrote these files from a real container and a real exec.
+
+RECORDINGS = {"container": CONTAINER_RECORDING, "exec": EXEC_RECORDING}
+
+EXPECTED_TEXT = {
+    "stdout": "plain ascii\ncafé\nbad \ufffd\ufffd bytes\nemoji 😀\nno newline \ufffd",
+    "stderr": "check ✓ done\ncut \ufffd after\n",
+}
+
+
+def frame_payloads(data: bytes) -> list[tuple[int, bytes]]:
+    """Split a whole multiplexed stream into (stream byte, payload), without FrameDecoder."""
+    frames = []
+    position = 0
+    while position < len(data):
+        stream, length = struct.unpack(">BxxxL", data[position : position + 8])
+        frames.append((stream, data[position + 8 : position + 8 + length]))
+        position += 8 + length
+    return frames
+
+
+def decode_recording_bytewise(data: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Feed `data` to FrameDecoder and TextDecoder one byte at a time; return each stream's bytes and text."""
+    frames = FrameDecoder()
+    text = TextDecoder()
+    raw = {"stdout": b"", "stderr": b""}
+    decoded = {"stdout": "", "stderr": ""}
+
+    for i in range(len(data)):
+        for stream, payload in frames.feed(data[i : i + 1]):
+            raw[stream] += payload
+            decoded[stream] += text.decode(stream, payload)
+    assert not frames.inside_frame
+    for stream in decoded:
+        decoded[stream] += text.finish(stream)
+    return raw, decoded
+
+
+@pytest.mark.parametrize("source", RECORDINGS)
+def test_recording_decoded_bytewise(source: str) -> None:
+    raw, decoded = decode_recording_bytewise(RECORDINGS[source].read_bytes())
+
+    assert raw["stdout"] == EXPECTED_BYTES["stdout"]
+    assert raw["stderr"] == EXPECTED_BYTES["stderr"]
+    assert decoded["stdout"] == EXPECTED_TEXT["stdout"]
+    assert decoded["stderr"] == EXPECTED_TEXT["stderr"]
+
+
+@pytest.mark.parametrize("source", RECORDINGS)
+def test_recording_at_every_split_point(source: str) -> None:
+    data = RECORDINGS[source].read_bytes()
+
+    for cut in range(len(data) + 1):
+        decoder = FrameDecoder()
+        streams = {"stdout": b"", "stderr": b""}
+        for stream, payload in decoder.feed(data[:cut]) + decoder.feed(data[cut:]):
+            streams[stream] += payload
+        assert streams == EXPECTED_BYTES, f"split at byte {cut}"
+
+
+@pytest.mark.parametrize("source", RECORDINGS)
+def test_recording_cuts_characters_between_frames(source: str) -> None:
+    # The recordings are only worth testing on if the engine really framed a character in two.
+    frames = frame_payloads(RECORDINGS[source].read_bytes())
+    cut = [payload for _, payload in frames if payload.endswith((b"caf\xc3", b"check \xe2\x9c", b"emoji \xf0\x9f"))]
+
+    assert len(cut) == 3
+    assert {stream for stream, _ in frames} == {STDOUT, STDERR}
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("source", RECORDINGS)
+async def test_fresh_recording_decodes_the_same(source: str, docker, test_image: str) -> None:
+    record = record_container if source == "container" else record_exec
+
+    raw, decoded = decode_recording_bytewise(await record(docker, test_image))
+
+    assert raw == EXPECTED_BYTES
+    assert decoded == EXPECTED_TEXT

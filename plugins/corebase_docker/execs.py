@@ -12,8 +12,9 @@ from typing import Any
 import aiodocker
 from aiodocker.execs import Exec
 
+from corebase.runtime.text import TextDecoder
 from corebase.runtime.types import ExecResult, StreamName
-from corebase_docker.frames import STREAM_NAMES, TextDecoder
+from corebase_docker.frames import STREAM_NAMES
 
 logger = logging.getLogger(__name__)
 
