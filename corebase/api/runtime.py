@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-import msgspec
 from litestar import Controller, MediaType, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -27,12 +25,13 @@ from corebase.api.schemas import (
     StatsTotals,
     StopRequest,
 )
+from corebase.api.streams import NDJSON, ndjson_exec, ndjson_output, raw_output
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
 from corebase.errors import ContainerNotRunning, InvalidField
 from corebase.metrics import queries
 from corebase.metrics.service import MonitorService
-from corebase.runtime.types import LogChunk, LogOptions
+from corebase.runtime.types import LogOptions
 
 CallerDependency = NamedDependency[Caller]
 ContainerServiceDependency = NamedDependency[ContainerService]
@@ -94,6 +93,22 @@ class RuntimeController(Controller):
             duration_ms=round(duration_ms, 3),
         )
 
+    @post(
+        "/exec/stream",
+        status_code=HTTP_200_OK,
+        summary="Run a command in a running container and stream its output",
+        description="The same request as POST /exec. The response is NDJSON, sent as the command writes: one "
+        '{"stream", "text"} object per piece of output, then one {"exitCode", "timedOut", "durationMs", "error"} '
+        "object. exec.max_output does not apply, because the server keeps none of the output; the timeout does, "
+        "and it counts the time a slow client takes to read.",
+    )
+    async def exec_stream(
+        self, data: JSONBody[ExecRequest], caller: CallerDependency, containers: ContainerServiceDependency
+    ) -> Stream:
+        started = time.perf_counter()
+        items = await containers.exec_stream(caller, data)
+        return Stream(ndjson_exec(items, started), media_type=NDJSON)
+
     @get(
         "/logs",
         summary="Read or follow a container's logs",
@@ -128,8 +143,8 @@ class RuntimeController(Controller):
         check_window(options.since, options.until)
         chunks = await containers.logs(caller, container_id, options)
         if format == "ndjson":
-            return Stream(_ndjson(chunks), media_type="application/x-ndjson")
-        return Stream(_raw(chunks), media_type=MediaType.TEXT)
+            return Stream(ndjson_output(chunks), media_type=NDJSON)
+        return Stream(raw_output(chunks), media_type=MediaType.TEXT)
 
     @get(
         "/stats",
@@ -178,20 +193,3 @@ class RuntimeController(Controller):
     ) -> StatsTotals:
         return await queries.totals(monitor.store, caller, group_by, monitor.fresh_for)
 
-
-class _LogLine(msgspec.Struct):
-    stream: str
-    text: str
-
-
-_encoder = msgspec.json.Encoder()
-
-
-async def _raw(chunks: AsyncIterator[LogChunk]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        yield chunk.data
-
-
-async def _ndjson(chunks: AsyncIterator[LogChunk]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        yield _encoder.encode(_LogLine(stream=chunk.stream, text=chunk.data.decode("utf-8", "replace"))) + b"\n"

@@ -8,7 +8,7 @@ gets a 400 naming the field. Rules that need settings or several fields live in
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -151,6 +151,24 @@ class ExecRecord(Record):
     truncated: bool
     timed_out: bool
     duration_ms: float
+
+
+class OutputLine(Record):
+    """One piece of container output in an NDJSON stream, decoded as UTF-8 (invalid bytes become U+FFFD)."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class ExecEndLine(Record):
+    """The last line of a streamed exec."""
+
+    # None when the command timed out, or when its output broke off (then `error` says why).
+    exit_code: int | None
+    timed_out: bool
+    duration_ms: float
+    # Problem details (type, title, status, detail) when the output broke off before the command ended.
+    error: dict[str, Any] | None = None
 
 
 class StatsRecord(Record):

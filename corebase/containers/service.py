@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
@@ -40,7 +40,15 @@ from corebase.errors import (
 )
 from corebase.runtime.cpu import cpu_percent
 from corebase.runtime.protocol import ContainerRuntime
-from corebase.runtime.types import ContainerSpec, ContainerState, ExecResult, LogChunk, LogOptions, StatsSample
+from corebase.runtime.types import (
+    ContainerSpec,
+    ContainerState,
+    ExecExit,
+    ExecResult,
+    LogChunk,
+    LogOptions,
+    StatsSample,
+)
 from corebase.security import Policy, PolicyRequest
 from corebase.security.policy import Verdict, dry_run_policies, enforce_policies
 from corebase.settings import Settings
@@ -53,13 +61,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Statuses in which the engine may still hold the container, so reads ask the engine.
 LIVE_STATUSES = ("created", "running", "paused", "restarting")
 # A kept stats sample older than this is not used for the CPU delta.
 STATS_SAMPLE_MAX_AGE = 60.0
 STATS_CACHE_SIZE = 10_000
-# Seconds to wait for a log stream's first output before sending the response headers.
-LOG_FIRST_CHUNK_WAIT = 0.25
+# Seconds to wait for the first output of a log or exec stream before sending the response headers.
+FIRST_OUTPUT_WAIT = 0.25
 
 
 def new_container_id() -> str:
@@ -442,9 +452,7 @@ class ContainerService:
 
     async def exec(self, caller: Caller, request: ExecRequest) -> tuple[ExecResult, float]:
         """Run a command in a running container; return the result and its duration in milliseconds."""
-        limits = self.settings.exec
-        if request.timeout is not None and request.timeout > limits.max_timeout:
-            raise InvalidField("timeout", f"timeout {request.timeout:g} is above the maximum of {limits.max_timeout:g} seconds")
+        timeout = self._exec_timeout(request)
         row = await self._find(caller, request.container_id)
 
         started = time.perf_counter()
@@ -455,23 +463,55 @@ class ContainerService:
                 env=request.env or None,
                 workdir=request.workdir,
                 user=request.user,
-                timeout=request.timeout or limits.default_timeout,
-                max_output=parse_size(limits.max_output),
+                timeout=timeout,
+                max_output=parse_size(self.settings.exec.max_output),
             )
         duration_ms = (time.perf_counter() - started) * 1000
         logger.info("exec in container %s exit_code=%s by %s", row.id, result.exit_code, caller.user)
         return result, duration_ms
 
+    async def exec_stream(self, caller: Caller, request: ExecRequest) -> AsyncIterator[LogChunk | ExecExit]:
+        """Start a command in a running container and return its output stream, which ends with an ExecExit.
+
+        The output is not limited by `exec.max_output`, because nothing keeps it. Errors before the
+        first output raise here, as for `logs`.
+        """
+        timeout = self._exec_timeout(request)
+        row = await self._find(caller, request.container_id)
+        stream = self.runtime.exec_stream(
+            row.docker_id,
+            request.command,
+            env=request.env or None,
+            workdir=request.workdir,
+            user=request.user,
+            timeout=timeout,
+        )
+        opened = await self._open_stream(row, stream)
+        return _log_exec_end(opened, row.id, caller.user)
+
+    def _exec_timeout(self, request: ExecRequest) -> float:
+        """Return the request's timeout, or the default; raise InvalidField above the maximum."""
+        limits = self.settings.exec
+        if request.timeout is not None and request.timeout > limits.max_timeout:
+            raise InvalidField("timeout", f"timeout {request.timeout:g} is above the maximum of {limits.max_timeout:g} seconds")
+        return request.timeout or limits.default_timeout
+
     async def logs(self, caller: Caller, reference: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         """Check the container and open its log stream.
 
-        Errors the engine reports before the first output (within LOG_FIRST_CHUNK_WAIT seconds)
-        raise here, so the client gets a proper error status instead of a broken stream.
+        Errors the engine reports before the first output raise here, as `_open_stream` describes.
         """
         row = await self._find(caller, reference)
-        stream = self.runtime.logs(row.docker_id, options)
+        return await self._open_stream(row, self.runtime.logs(row.docker_id, options))
+
+    async def _open_stream(self, row: Container, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Wait up to FIRST_OUTPUT_WAIT seconds for the stream's first item, and return the whole stream.
+
+        An error the engine reports in that time raises here, mapped like any engine error, so the
+        client gets a proper error status instead of a broken stream.
+        """
         first = asyncio.ensure_future(anext(stream))
-        await asyncio.wait({first}, timeout=LOG_FIRST_CHUNK_WAIT)
+        await asyncio.wait({first}, timeout=FIRST_OUTPUT_WAIT)
         if first.done() and first.exception() is not None and not isinstance(first.exception(), StopAsyncIteration):
             await stream.aclose()
             async with self._engine_errors(row):
@@ -604,19 +644,31 @@ def _port_json(port) -> dict:
     }
 
 
-async def _continue_stream(
-    first: asyncio.Future[LogChunk], stream: AsyncIterator[LogChunk]
-) -> AsyncIterator[LogChunk]:
+async def _continue_stream(first: asyncio.Future[T], stream: AsyncIterator[T]) -> AsyncIterator[T]:
     try:
         try:
             yield await first
         except StopAsyncIteration:
             return
-        async for chunk in stream:
-            yield chunk
+        async for item in stream:
+            yield item
     finally:
         if not first.done():
             first.cancel()
             with contextlib.suppress(BaseException):
                 await first
         await stream.aclose()
+
+
+async def _log_exec_end(
+    stream: AsyncIterator[LogChunk | ExecExit], container_id: str, user: str
+) -> AsyncIterator[LogChunk | ExecExit]:
+    """Pass a streamed exec on, logging its exit code as the buffered exec does."""
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            if isinstance(item, ExecExit):
+                logger.info(
+                    "streamed exec in container %s exit_code=%s timed_out=%s by %s",
+                    container_id, item.exit_code, item.timed_out, user,
+                )
+            yield item

@@ -4,6 +4,7 @@ from corebase.runtime.protocol import ContainerRuntime
 from corebase.runtime.types import (
     ContainerSpec,
     ContainerState,
+    ExecExit,
     ExecResult,
     HealthCheck,
     LogChunk,
@@ -19,6 +20,7 @@ __all__ = [
     "ContainerRuntime",
     "ContainerSpec",
     "ContainerState",
+    "ExecExit",
     "ExecResult",
     "HealthCheck",
     "LogChunk",

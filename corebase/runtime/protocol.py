@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from corebase.runtime.types import (
     ContainerSpec,
     ContainerState,
+    ExecExit,
     ExecResult,
     LogChunk,
     LogOptions,
@@ -24,7 +25,7 @@ from corebase.runtime.types import (
 
 @runtime_checkable
 class ContainerRuntime(Protocol):
-    """A container backend. Every method is a coroutine except `logs`, an async iterator."""
+    """A container backend. Every method is a coroutine except `logs`, `exec_stream` and `events`, async iterators."""
 
     name: str
 
@@ -77,6 +78,25 @@ class ContainerRuntime(Protocol):
         Output past `max_output` bytes per stream is dropped and `truncated` set. After `timeout`
         seconds the result has `timed_out` set. A command that cannot be run returns the engine's
         non-zero exit code and its message on stderr.
+        """
+
+    def exec_stream(
+        self,
+        engine_id: str,
+        command: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[LogChunk | ExecExit]:
+        """Run a command and yield its output as it arrives, then one ExecExit as the last item.
+
+        Output pieces keep stdout and stderr apart and may end inside a UTF-8 character. A
+        consumer that stops reading holds the command up instead of making the backend buffer.
+        After `timeout` seconds, counted from the start, the ExecExit has `timed_out` set. A
+        command that cannot be run ends with the engine's non-zero exit code and its message on
+        stderr. Closing the iterator early stops the command where the backend can.
         """
 
     def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:

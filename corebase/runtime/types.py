@@ -100,6 +100,9 @@ class ContainerState(msgspec.Struct):
     tty: bool = False
     # None when the container has no health check.
     health: HealthStatus | None = None
+    # Limits as the engine holds them; None when unlimited or unknown (the list endpoint omits them).
+    memory: int | None = None
+    nano_cpus: int | None = None
 
     @property
     def running(self) -> bool:
@@ -113,6 +116,13 @@ class ExecResult(msgspec.Struct):
     stdout: str
     stderr: str
     truncated: bool = False
+    timed_out: bool = False
+
+
+class ExecExit(msgspec.Struct):
+    """The last item of a streamed exec. `exit_code` is None when `timed_out` is set or the engine reported none."""
+
+    exit_code: int | None
     timed_out: bool = False
 
 

@@ -1,4 +1,4 @@
-"""Non-interactive exec: run a command in a running container and collect its output."""
+"""Non-interactive exec: run a command in a running container and stream or collect its output."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.execs import Exec
+from aiodocker.stream import Message, Stream
 
 from corebase.runtime.text import TextDecoder
-from corebase.runtime.types import ExecResult, StreamName
+from corebase.runtime.types import ExecExit, ExecResult, LogChunk, StreamName
 from corebase_docker.frames import STREAM_NAMES
 
 logger = logging.getLogger(__name__)
@@ -76,8 +79,46 @@ async def run_exec(
 ) -> ExecResult:
     """Run `command` in container `engine_id` and return its exit code and output.
 
-    Stops reading after `timeout` seconds and returns `timed_out` with no exit code. aiodocker
-    exceptions propagate for the caller to translate (409 when the container is not running).
+    Keeps at most `max_output` bytes of each stream and drains the rest. Stops after `timeout`
+    seconds and returns `timed_out` with no exit code. aiodocker exceptions propagate for the
+    caller to translate (409 when the container is not running).
+    """
+    output = OutputBuffer(max_output)
+    end = ExecExit(exit_code=None)
+    async for item in stream_exec(docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout):
+        if isinstance(item, ExecExit):
+            end = item
+        else:
+            output.add(item.stream, item.data)
+
+    return ExecResult(
+        exit_code=end.exit_code,
+        stdout=output.text("stdout"),
+        stderr=output.text("stderr"),
+        truncated=output.truncated,
+        timed_out=end.timed_out,
+    )
+
+
+async def stream_exec(
+    docker: aiodocker.Docker,
+    engine_id: str,
+    command: list[str],
+    *,
+    env: dict[str, str] | None,
+    workdir: str | None,
+    user: str | None,
+    timeout: float | None,
+) -> AsyncIterator[LogChunk | ExecExit]:
+    """Run `command` in container `engine_id`, yield its output as it arrives, then one ExecExit.
+
+    Nothing is buffered beyond the frame being read: aiodocker stops reading from the engine
+    while its queue holds more than 128 KiB, so a consumer that does not iterate holds up the
+    command's writes instead of filling memory. `timeout` counts from the start, the consumer's
+    time included; past it the command is killed (see `_kill_exec`) and the ExecExit has
+    `timed_out` set. A consumer that stops iterating early kills the command the same way.
+    aiodocker exceptions propagate for the caller to translate (409 when the container is not
+    running).
     """
     container = docker.containers.container(engine_id)
     exec_ = await container.exec(
@@ -88,51 +129,101 @@ async def run_exec(
         workdir=workdir,
         user=user or "",
     )
-    output = OutputBuffer(max_output)
-    start_error: str | None = None
-
-    deadline = asyncio.timeout(timeout)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    stream = exec_.start(detach=False)
+    start_message = _StartMessage()
+    ended = False
     try:
-        async with deadline:
-            async with exec_.start(detach=False) as stream:
-                while (message := await stream.read_out()) is not None:
-                    output.add(STREAM_NAMES.get(message.stream, "stdout"), message.data)
+        try:
+            while (message := await _read_before(stream, deadline)) is not None:
+                for chunk in start_message.pass_on(STREAM_NAMES.get(message.stream, "stdout"), message.data):
+                    yield chunk
+        except _DeadlinePassed:
+            logger.info("exec %s in container %s timed out after %g s", exec_.id, engine_id, timeout)
+            ended = True
+            await stream.close()
+            await _kill_exec(exec_, engine_id, "timed-out")
+            for chunk in start_message.release(None):
+                yield chunk
+            yield ExecExit(exit_code=None, timed_out=True)
+            return
+        except aiodocker.DockerError as exc:
+            # Some engines reject a command that cannot start on the start request instead of in
+            # the stream. The exec's exit code is then read below like any other.
+            if exc.status in (404, 409) or "exec failed" not in exc.message:
+                raise
+            start_message.failed_on_start(exc.message)
+
+        ended = True
+        await stream.close()
+        exit_code = await _wait_exit_code(exec_)
+        if start_message.rejected and not exit_code:
+            exit_code = _START_FAILED_EXIT_CODES[0]
+        for chunk in start_message.release(exit_code):
+            yield chunk
+        yield ExecExit(exit_code=exit_code)
+    finally:
+        await stream.close()
+        if not ended:
+            # The consumer stopped early or the read failed: nobody reads the output any more.
+            await asyncio.shield(_kill_exec(exec_, engine_id, "abandoned"))
+
+
+class _DeadlinePassed(Exception):
+    """The exec's timeout passed while its output was being read."""
+
+
+async def _read_before(stream: Stream, deadline: float | None) -> Message | None:
+    """Read the next message of `stream`, or raise _DeadlinePassed once the loop time `deadline` is reached."""
+    limit = asyncio.timeout_at(deadline)
+    try:
+        async with limit:
+            return await stream.read_out()
     except TimeoutError:
-        if not deadline.expired():
-            raise
-        logger.info("exec %s in container %s timed out after %g s", exec_.id, engine_id, timeout)
-        await _kill_timed_out(exec_, engine_id)
-        return _result(None, output, timed_out=True)
-    except aiodocker.DockerError as exc:
-        # Some engines reject a command that cannot start on the start request instead of in the
-        # stream. The exec's exit code is then read below like any other.
-        if exc.status in (404, 409) or "exec failed" not in exc.message:
-            raise
-        start_error = exc.message
-
-    exit_code = await _wait_exit_code(exec_)
-    if start_error is not None:
-        output.add("stderr", start_error.encode() + b"\n")
-        exit_code = exit_code or _START_FAILED_EXIT_CODES[0]
-    return _result(exit_code, output)
+        if limit.expired():
+            raise _DeadlinePassed from None
+        raise
 
 
-def _result(exit_code: int | None, output: OutputBuffer, timed_out: bool = False) -> ExecResult:
-    stdout = output.text("stdout")
-    stderr = output.text("stderr")
+class _StartMessage:
+    """Move the engine's message about a command it could not start from stdout to stderr.
 
-    # The engine's own message about a command it could not start arrives on stdout; it belongs
-    # on stderr with the non-zero exit code.
-    if exit_code in _START_FAILED_EXIT_CODES and stdout.startswith(_START_FAILED_PREFIX) and not stderr:
-        stdout, stderr = "", stdout.replace("\r\n", "\n")
+    Engine 20.10 writes "OCI runtime exec failed: ..." as the first output on stdout and exits
+    with 126 or 127. Such a first piece is held back until the exit code is known, then passed
+    on as stderr when the code confirms the failure, and as stdout otherwise.
+    """
 
-    return ExecResult(
-        exit_code=exit_code,
-        stdout=stdout,
-        stderr=stderr,
-        truncated=output.truncated,
-        timed_out=timed_out,
-    )
+    def __init__(self) -> None:
+        self._first = True
+        self._held: bytes | None = None
+        self.rejected = False
+
+    def pass_on(self, stream: StreamName, data: bytes) -> list[LogChunk]:
+        """Return the pieces to pass on now that `data` arrived on `stream`."""
+        if self._first and stream == "stdout" and data.startswith(_START_FAILED_PREFIX.encode()):
+            self._first = False
+            self._held = data
+            return []
+        self._first = False
+        pieces = [LogChunk(stream="stdout", data=self._held)] if self._held is not None else []
+        self._held = None
+        return [*pieces, LogChunk(stream=stream, data=data)]
+
+    def failed_on_start(self, message: str) -> None:
+        """Record the engine's rejection of the exec start request, reported on stderr at the end."""
+        self.rejected = True
+        self._held = (self._held or b"") + message.encode() + b"\n"
+        self._first = False
+
+    def release(self, exit_code: int | None) -> list[LogChunk]:
+        """Return what is held back, on stderr when `exit_code` confirms a command that could not start."""
+        if self._held is None:
+            return []
+        data, self._held = self._held, None
+        if self.rejected or exit_code in _START_FAILED_EXIT_CODES:
+            return [LogChunk(stream="stderr", data=data.replace(b"\r\n", b"\n"))]
+        return [LogChunk(stream="stdout", data=data)]
 
 
 async def _wait_exit_code(exec_: Exec) -> int | None:
@@ -150,17 +241,17 @@ async def _wait_exit_code(exec_: Exec) -> int | None:
         await asyncio.sleep(_EXIT_CODE_POLL)
 
 
-async def _kill_timed_out(exec_: Exec, engine_id: str) -> None:
-    """Kill a timed-out exec's process through its host PID, when that PID is surely the exec's.
+async def _kill_exec(exec_: Exec, engine_id: str, reason: str) -> None:
+    """Kill an exec's process through its host PID, when that PID is surely the exec's.
 
-    The engine has no API to stop an exec. Its PID is a host PID, which names the exec only when
-    CoreBase shares the engine's PID namespace, so the process is killed only when its
-    /proc/<pid>/cgroup names the container.
+    `reason` ("timed-out" or "abandoned") goes into the log lines. The engine has no API to stop
+    an exec. Its PID is a host PID, which names the exec only when CoreBase shares the engine's
+    PID namespace, so the process is killed only when its /proc/<pid>/cgroup names the container.
     """
     try:
         info: dict[str, Any] = await exec_.inspect()
-    except aiodocker.DockerError as exc:
-        logger.warning("cannot inspect timed-out exec %s to kill it: %s", exec_.id, exc)
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        logger.warning("cannot inspect %s exec %s to kill it: %r", reason, exec_.id, exc)
         return
     pid = int(info.get("Pid") or 0)
     container_id = str(info.get("ContainerID") or engine_id)
@@ -175,8 +266,8 @@ async def _kill_timed_out(exec_: Exec, engine_id: str) -> None:
         # NOTE: the process is left running: CoreBase runs in another PID namespace (for
         # example in a container with the engine socket mounted) or the PID was reused.
         logger.warning(
-            "timed-out exec %s (host pid %d) left running: /proc/%d/cgroup does not name container %s",
-            exec_.id, pid, pid, container_id,
+            "%s exec %s (host pid %d) left running: /proc/%d/cgroup does not name container %s",
+            reason, exec_.id, pid, pid, container_id,
         )
         return
 
@@ -184,6 +275,6 @@ async def _kill_timed_out(exec_: Exec, engine_id: str) -> None:
         # NOTE: only the exec's main process is killed; children it started keep running until
         # they exit or the container stops.
         os.kill(pid, signal.SIGKILL)
-        logger.info("killed timed-out exec %s (host pid %d) in container %s", exec_.id, pid, container_id)
+        logger.info("killed %s exec %s (host pid %d) in container %s", reason, exec_.id, pid, container_id)
     except (ProcessLookupError, PermissionError) as exc:
-        logger.warning("cannot kill timed-out exec %s (host pid %d): %s", exec_.id, pid, exc)
+        logger.warning("cannot kill %s exec %s (host pid %d): %s", reason, exec_.id, pid, exc)

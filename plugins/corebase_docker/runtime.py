@@ -18,6 +18,7 @@ from corebase.errors import ContainerNotRunning, ContainerRunning, ImageNotFound
 from corebase.runtime.types import (
     ContainerSpec,
     ContainerState,
+    ExecExit,
     ExecResult,
     LogChunk,
     LogOptions,
@@ -29,7 +30,7 @@ from corebase.settings import ContainerSettings, DockerSettings
 from corebase_docker.client import open_client, raw_response, resolve_url
 from corebase_docker.errors import start_rejection, translate_errors, unavailable
 from corebase_docker.events import stream_events
-from corebase_docker.execs import run_exec
+from corebase_docker.execs import run_exec, stream_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
 from corebase_docker.networks import connect_network, disconnect_network, ensure_network, network_ready
@@ -243,6 +244,23 @@ class DockerRuntime:
                 timeout=timeout,
                 max_output=max_output,
             )
+
+    async def exec_stream(
+        self,
+        engine_id: str,
+        command: builtins.list[str],
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[LogChunk | ExecExit]:
+        docker = self._client()
+        with self._errors("exec in container", engine_id):
+            async for item in stream_exec(
+                docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout
+            ):
+                yield item
 
     async def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         docker = self._client()
