@@ -110,6 +110,8 @@ class ContainerService:
         self.engine_cpus = engine_cpus
         # Set by the app when pools are enabled; PoolService needs this service, so it comes later.
         self.pool: PoolService | None = None
+        # Set by the app from the database: the installation id every new container is labelled with.
+        self.installation_id: str | None = None
         self.quotas = QuotaService(settings.quotas)
         self._samples: OrderedDict[str, tuple[float, StatsSample]] = OrderedDict()
         # OCI runtimes the engine was last seen to have, such as {"runc", "runsc"}.
@@ -136,6 +138,7 @@ class ContainerService:
             engine_cpus=self.engine_cpus,
             template=template,
             credentials=credentials,
+            installation=self.installation_id,
         )
         # Pool members are built for no one, so the caller's own spec is checked before a claim too.
         await self.check_spec(caller, spec, request.template)
@@ -181,6 +184,7 @@ class ContainerService:
             engine_cpus=self.engine_cpus,
             template=template,
             credentials=generate_credentials(template),
+            installation=self.installation_id,
         )
         exempt = self.settings.security.for_role(caller.role).exempt_policies
         return await dry_run_policies(

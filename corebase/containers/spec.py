@@ -45,6 +45,8 @@ LABEL_TEMPLATE = "corebase.template"
 LABEL_TEMPLATE_VERSION = "corebase.template_version"
 LABEL_PROJECT = "corebase.project"
 LABEL_MANAGED = "corebase.managed"
+# Id of the installation whose database holds the container's row.
+LABEL_INSTALLATION = "corebase.installation"
 
 
 def build_spec(
@@ -56,11 +58,13 @@ def build_spec(
     engine_cpus: int | None = None,
     template: TemplateSpec | None = None,
     credentials: dict[str, str] | None = None,
+    installation: str | None = None,
 ) -> ContainerSpec:
     """Validate `request` and fill in the template's values and CoreBase's hardened defaults.
 
     Request fields override the template's, within the template's limits. `credentials` are the
-    generated secrets for the template's `generated_env`. Raises InvalidField on the first bad field.
+    generated secrets for the template's `generated_env`. `installation` is the installation id
+    that the container is labelled with. Raises InvalidField on the first bad field.
     """
     limits = settings.containers
     name = request.name if request.name is not None else f"cb-{container_id.removeprefix('ctr_')}"
@@ -79,6 +83,8 @@ def build_spec(
         LABEL_OWNER: owner,
         LABEL_MANAGED: "true",
     }
+    if installation:
+        labels[LABEL_INSTALLATION] = installation
     if request.project_id:
         labels[LABEL_PROJECT] = request.project_id
     if template is not None:

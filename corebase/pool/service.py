@@ -549,6 +549,7 @@ class PoolService:
             engine_cpus=self.containers.engine_cpus,
             template=template,
             credentials=credentials,
+            installation=self.containers.installation_id,
         )
         spec.labels[LABEL_POOL] = pool_name
         system = Caller(key_id="", user=POOL_OWNER, role="admin")
