@@ -17,7 +17,8 @@ from corebase.alerts import history
 from corebase.alerts.records import AlertPage, AlertRecord, DeliveryRecord, RuleRecord, alert_record, delivery_record
 from corebase.alerts.rules import FIRING, PENDING, RESOLVED
 from corebase.alerts.service import AlertService
-from corebase.api.schemas import Body
+from corebase.api.openapi import problem_responses
+from corebase.api.schemas import Body, Offset
 from corebase.auth.caller import Caller
 from corebase.errors import InvalidField
 
@@ -55,7 +56,12 @@ class AlertController(Controller):
     path = "/api/alerts"
     tags = ["alerts"]
 
-    @post("/rules", status_code=HTTP_201_CREATED, summary="Create an alert rule owned by the caller")
+    @post(
+        "/rules",
+        status_code=HTTP_201_CREATED,
+        summary="Create an alert rule owned by the caller",
+        responses=problem_responses(422),
+    )
     async def create_rule(self, data: JSONBody[RuleBody], caller: CallerDependency, alerts: AlertsDependency) -> RuleRecord:
         return await alerts.create_rule(caller, msgspec.structs.asdict(data))
 
@@ -63,7 +69,7 @@ class AlertController(Controller):
     async def list_rules(self, caller: CallerDependency, alerts: AlertsDependency) -> list[RuleRecord]:
         return await alerts.list_rules(caller)
 
-    @get("/rules/{rule_id:str}", summary="Read an alert rule")
+    @get("/rules/{rule_id:str}", summary="Read an alert rule", responses=problem_responses(404))
     async def get_rule(self, rule_id: FromPath[str], caller: CallerDependency, alerts: AlertsDependency) -> RuleRecord:
         return await alerts.get_rule(caller, rule_id)
 
@@ -72,6 +78,7 @@ class AlertController(Controller):
         summary="Replace an alert rule",
         description="A notifiers entry that leaves out its secret keeps the stored one when its type and url "
         "are unchanged. Disabling the rule, or changing its metric or scope, resolves its active alerts.",
+        responses=problem_responses(404, 422),
     )
     async def update_rule(
         self, rule_id: FromPath[str], data: JSONBody[RuleBody], caller: CallerDependency, alerts: AlertsDependency
@@ -82,6 +89,7 @@ class AlertController(Controller):
         "/rules/{rule_id:str}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete an alert rule; its active alerts resolve and its history stays",
+        responses=problem_responses(404),
     )
     async def delete_rule(self, rule_id: FromPath[str], caller: CallerDependency, alerts: AlertsDependency) -> None:
         await alerts.delete_rule(caller, rule_id)
@@ -96,17 +104,21 @@ class AlertController(Controller):
         rule_id: Annotated[str | None, QueryParameter(name="ruleId")] = None,
         container_id: Annotated[str | None, QueryParameter(name="containerId")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> AlertPage:
         if alert_state and alert_state not in STATES:
             raise InvalidField("state", f"unknown state {alert_state!r}; use one of {', '.join(STATES)}", status=400)
         rows, total = await history.list_alerts(caller, alert_state or None, rule_id or None, container_id or None, limit, offset)
         return AlertPage(items=[alert_record(row) for row in rows], total=total, limit=limit, offset=offset)
 
-    @get("/{alert_id:str}", summary="Read an alert")
+    @get("/{alert_id:str}", summary="Read an alert", responses=problem_responses(404))
     async def get_alert(self, alert_id: FromPath[str], caller: CallerDependency) -> AlertRecord:
         return alert_record(await history.get_alert(caller, alert_id))
 
-    @get("/{alert_id:str}/deliveries", summary="Every notification delivery attempt of an alert, oldest first")
+    @get(
+        "/{alert_id:str}/deliveries",
+        summary="Every notification delivery attempt of an alert, oldest first",
+        responses=problem_responses(404),
+    )
     async def list_deliveries(self, alert_id: FromPath[str], caller: CallerDependency) -> list[DeliveryRecord]:
         return [delivery_record(row) for row in await history.list_deliveries(caller, alert_id)]

@@ -15,6 +15,7 @@ from litestar.plugins import InitPlugin
 
 from corebase.api.audit_recorder import AuditRecorder
 from corebase.api.logs import check_window, parse_log_time
+from corebase.api.schemas import Offset
 from corebase.audit.chain import canonical_details
 from corebase.audit.log import OUTCOMES, AuditFilter, AuditLog, find_records
 from corebase.auth.caller import Caller
@@ -80,7 +81,7 @@ class AuditController(Controller):
         start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339 time or Unix seconds")] = None,
         end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339 time or Unix seconds, exclusive")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> AuditPage:
         if not caller.is_admin:
             raise Forbidden(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Request
@@ -14,6 +15,7 @@ from corebase.errors import Unauthorized
 
 # Routes anyone may call: the health check and the OpenAPI schema with its browsable UIs.
 PUBLIC_PATHS = [r"^/health$", r"^/schema"]
+PUBLIC_PATTERN = re.compile("|".join(PUBLIC_PATHS))
 
 
 class BearerKeyMiddleware(AbstractAuthenticationMiddleware):

@@ -8,8 +8,8 @@ from corebase.errors import InvalidField
 
 
 def parse_tail(value: str | None) -> int | None:
-    """Return the number of lines to keep from the end, or None for all of them."""
-    if value is None or value == "all":
+    """Return the number of lines to keep from the end, or None for all of them; an empty value means all."""
+    if not value or value == "all":
         return None
     if value.isdigit():
         return int(value)

@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
+from corebase.api.openapi import ENGINE_STATUSES, problem_responses
 from corebase.api.schemas import Record, StartRequest
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
@@ -36,6 +37,7 @@ class PolicyController(Controller):
         summary="Evaluate the security policies against a start request without starting anything",
         description="Takes the body of POST /api/runtime/start, builds the container spec it would create "
         "for the caller, and returns every policy's verdict. An invalid body fails as the start would.",
+        responses=problem_responses(404, 422, *ENGINE_STATUSES),
     )
     async def evaluate(
         self,

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
+from corebase.api.openapi import problem_responses
 from corebase.api.schemas import Body, Record
 from corebase.auth.caller import Caller
 from corebase.errors import Forbidden, PoolNotFound, TemplateNotFound
@@ -94,13 +95,17 @@ class PoolController(Controller):
         pools: PoolService = state.pools
         return [pool_record(status) for status in await pools.list() if await _owns_pool(state, caller, status.pool.template)]
 
-    @get("/{template:str}", summary="Read one pool's configuration, size and claim figures")
+    @get("/{template:str}", summary="Read one pool's configuration, size and claim figures", responses=problem_responses(404))
     async def get_pool(self, state: State, caller: NamedDependency[Caller], template: FromPath[str]) -> PoolRecord:
         pools: PoolService = state.pools
         await _require_pool_owner(state, caller, template)
         return pool_record(await pools.status(template))
 
-    @put("/{template:str}", summary="Create or change the pool of a template; it fills in the background")
+    @put(
+        "/{template:str}",
+        summary="Create or change the pool of a template; it fills in the background",
+        responses=problem_responses(404, 422),
+    )
     async def put_pool(
         self, state: State, caller: NamedDependency[Caller], template: FromPath[str], data: JSONBody[PoolBody]
     ) -> PoolRecord:
@@ -116,7 +121,12 @@ class PoolController(Controller):
         await pools.configure(caller, template, data.min_idle, data.max_idle, data.max_total, data.idle_ttl)
         return pool_record(await pools.status(template))
 
-    @delete("/{template:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a pool and its unclaimed members")
+    @delete(
+        "/{template:str}",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a pool and its unclaimed members",
+        responses=problem_responses(404),
+    )
     async def delete_pool(self, state: State, caller: NamedDependency[Caller], template: FromPath[str]) -> None:
         pools: PoolService = state.pools
         await _require_pool_owner(state, caller, template)

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
+from corebase.api.openapi import problem_responses
 from corebase.api.schemas import Body, Record
 from corebase.auth.access import ADMIN_ONLY
 from corebase.auth.caller import Caller
@@ -79,13 +80,23 @@ class QuotaController(Controller):
     async def get_own(self, state: State, caller: NamedDependency[Caller]) -> QuotaRecord:
         return await _quota_record(_service(state), caller.user, enforced=not caller.is_admin)
 
-    @get("/{user:str}", summary="Read a user's quota limits, overrides and usage (admin)", opt={"access": ADMIN_ONLY})
+    @get(
+        "/{user:str}",
+        summary="Read a user's quota limits, overrides and usage (admin)",
+        opt={"access": ADMIN_ONLY},
+        responses=problem_responses(404),
+    )
     async def get_quota(self, state: State, caller: NamedDependency[Caller], user: FromPath[str]) -> QuotaRecord:
         _require_admin(caller)
         enforced = await _user_role(user) != "admin"
         return await _quota_record(_service(state), user, enforced=enforced)
 
-    @put("/{user:str}", summary="Set a user's quota overrides, replacing earlier ones (admin)", opt={"access": ADMIN_ONLY})
+    @put(
+        "/{user:str}",
+        summary="Set a user's quota overrides, replacing earlier ones (admin)",
+        opt={"access": ADMIN_ONLY},
+        responses=problem_responses(404, 422),
+    )
     async def put_quota(
         self, state: State, caller: NamedDependency[Caller], user: FromPath[str], data: JSONBody[QuotaBody]
     ) -> QuotaRecord:
@@ -100,6 +111,7 @@ class QuotaController(Controller):
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove a user's overrides (admin)",
         opt={"access": ADMIN_ONLY},
+        responses=problem_responses(404),
     )
     async def delete_quota(self, state: State, caller: NamedDependency[Caller], user: FromPath[str]) -> None:
         _require_admin(caller)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 from litestar.config.app import AppConfig
 from litestar.enums import ScopeType
@@ -11,13 +10,11 @@ from litestar.middleware import ASGIMiddleware
 from litestar.plugins import InitPlugin
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from corebase.api.auth import PUBLIC_PATHS
+from corebase.api.auth import PUBLIC_PATTERN
 from corebase.auth.caller import Caller
 from corebase.errors import RateLimited
 from corebase.ratelimit import MemoryLimiter, RedisLimiter, build_limiter
 from corebase.settings import Settings
-
-PUBLIC_PATTERN = re.compile("|".join(PUBLIC_PATHS))
 
 
 class RateLimitPlugin(InitPlugin):

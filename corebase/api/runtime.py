@@ -12,12 +12,14 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from corebase.api.logs import check_window, parse_log_time, parse_tail
+from corebase.api.openapi import ENGINE_STATUSES, problem_responses
 from corebase.api.records import container_record, stats_record, stored_stats_record
 from corebase.api.schemas import (
     ContainerPage,
     ContainerRecord,
     ExecRecord,
     ExecRequest,
+    Offset,
     RemoveRequest,
     StartRequest,
     StatsHistory,
@@ -37,30 +39,42 @@ CallerDependency = NamedDependency[Caller]
 ContainerServiceDependency = NamedDependency[ContainerService]
 MonitorDependency = NamedDependency[MonitorService]
 ContainerIdQuery = Annotated[str, QueryParameter(name="containerId", description="CoreBase container id or name")]
+# Problem statuses of the handlers that act on one container: missing, in the wrong state, or an engine failure.
+CONTAINER_PROBLEMS = problem_responses(404, 409, *ENGINE_STATUSES)
 
 
 class RuntimeController(Controller):
     path = "/api/runtime"
     tags = ["runtime"]
 
-    @post("/start", status_code=HTTP_201_CREATED, summary="Create and start a container")
+    @post(
+        "/start",
+        status_code=HTTP_201_CREATED,
+        summary="Create and start a container",
+        responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
+    )
     async def start(self, data: JSONBody[StartRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         started = await containers.start(caller, data)
         return container_record(started.row, credentials=started.credentials)
 
-    @post("/stop", status_code=HTTP_200_OK, summary="Stop a container, killing it after the grace period")
+    @post(
+        "/stop",
+        status_code=HTTP_200_OK,
+        summary="Stop a container, killing it after the grace period",
+        responses=CONTAINER_PROBLEMS,
+    )
     async def stop(self, data: JSONBody[StopRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.stop(caller, data.container_id, data.timeout))
 
-    @post("/restart", status_code=HTTP_200_OK, summary="Restart a container")
+    @post("/restart", status_code=HTTP_200_OK, summary="Restart a container", responses=CONTAINER_PROBLEMS)
     async def restart(self, data: JSONBody[StopRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.restart(caller, data.container_id, data.timeout))
 
-    @post("/remove", status_code=HTTP_200_OK, summary="Remove a container")
+    @post("/remove", status_code=HTTP_200_OK, summary="Remove a container", responses=CONTAINER_PROBLEMS)
     async def remove(self, data: JSONBody[RemoveRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.remove(caller, data.container_id, data.force))
 
-    @get("/containers", summary="List containers")
+    @get("/containers", summary="List containers", responses=problem_responses(*ENGINE_STATUSES))
     async def list_containers(
         self,
         caller: CallerDependency,
@@ -72,16 +86,21 @@ class RuntimeController(Controller):
             QueryParameter(description="Only this status; without it, every status but failed and removed"),
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> ContainerPage:
         rows, total = await containers.list(caller, project_id=project_id, status=status, limit=limit, offset=offset)
         return ContainerPage(items=[container_record(row) for row in rows], total=total, limit=limit, offset=offset)
 
-    @get("/containers/{container_id:str}", summary="Inspect one container")
+    @get("/containers/{container_id:str}", summary="Inspect one container", responses=CONTAINER_PROBLEMS)
     async def get_container(self, container_id: FromPath[str], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.get(caller, container_id))
 
-    @post("/exec", status_code=HTTP_200_OK, summary="Run a command in a running container")
+    @post(
+        "/exec",
+        status_code=HTTP_200_OK,
+        summary="Run a command in a running container",
+        responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
+    )
     async def exec(self, data: JSONBody[ExecRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ExecRecord:
         result, duration_ms = await containers.exec(caller, data)
         return ExecRecord(
@@ -101,6 +120,7 @@ class RuntimeController(Controller):
         '{"stream", "text"} object per piece of output, then one {"exitCode", "timedOut", "durationMs", "error"} '
         "object. exec.max_output does not apply, because the server keeps none of the output; the timeout does, "
         "and it counts the time a slow client takes to read.",
+        responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
     )
     async def exec_stream(
         self, data: JSONBody[ExecRequest], caller: CallerDependency, containers: ContainerServiceDependency
@@ -114,6 +134,7 @@ class RuntimeController(Controller):
         summary="Read or follow a container's logs",
         description="Plain text by default, exactly as the container wrote it; format=ndjson gives one JSON "
         "object per chunk with its stream. With follow=true the response streams until the container exits.",
+        responses=CONTAINER_PROBLEMS,
     )
     async def logs(
         self,
@@ -152,6 +173,7 @@ class RuntimeController(Controller):
         description="Without from, to or step: the collector's latest sample when it is fresh, else a live "
         "reading (the container must be running). With any of them: the stored history in steps of step "
         "seconds, for running, stopped and removed containers alike.",
+        responses=CONTAINER_PROBLEMS,
     )
     async def stats(
         self,

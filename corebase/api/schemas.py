@@ -11,10 +11,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.params import QueryParameter
 
 from corebase.metrics.store import HistoryPoint
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=86400, description="Seconds")]
+
+# Largest row offset: the largest integer that every JSON client reads exactly (2**53 - 1), far
+# below the signed 64-bit limit of SQLite and PostgreSQL, past which the database would fail.
+MAX_OFFSET = 2**53 - 1
+# A page's row offset. Litestar 2.25 leaves a bound of 0 out of the OpenAPI document, so
+# schema_extra states it again.
+Offset = Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET, schema_extra={"minimum": 0})]
 Argv = Annotated[list[str], msgspec.Meta(min_length=1, description="Program and arguments, not run by a shell")]
 
 

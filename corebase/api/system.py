@@ -8,6 +8,7 @@ import logging
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
 from corebase import __version__, db, leases
 from corebase.api.schemas import ComponentHealth, HealthRecord, MonitoringRecord, PluginRecord
@@ -25,7 +26,14 @@ HEALTH_PROBE_TIMEOUT = 3.0
 class SystemController(Controller):
     tags = ["system"]
 
-    @get("/health", exclude_from_auth=True, summary="Database and engine reachability (no authentication)")
+    # An empty security requirement documents that the route needs no API key.
+    @get(
+        "/health",
+        exclude_from_auth=True,
+        security=[{}],
+        summary="Database and engine reachability (no authentication)",
+        responses={503: ResponseSpec(HealthRecord, description="The database or the engine is unreachable")},
+    )
     async def health(self, state: State) -> Response[HealthRecord]:
         context: AppContext = state.context
         database, engine = await asyncio.gather(_probe_database(state), _probe_engine(context))

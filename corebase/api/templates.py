@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from corebase.api.openapi import problem_responses
 from corebase.api.schemas import Body, Record
 from corebase.auth.caller import Caller
 from corebase.pool.service import PoolService
@@ -115,7 +116,11 @@ class TemplateController(Controller):
         catalog: TemplateCatalog = state.templates
         return [template_record(template) for template in await catalog.list(category, caller)]
 
-    @get("/{name:str}", summary="Read a template, the latest version unless ?version= names another")
+    @get(
+        "/{name:str}",
+        summary="Read a template, the latest version unless ?version= names another",
+        responses=problem_responses(404),
+    )
     async def get_template(
         self,
         state: State,
@@ -127,7 +132,12 @@ class TemplateController(Controller):
         template = await catalog.get_visible(caller, name, version)
         return template_record(template, await catalog.versions(name))
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create a custom template owned by the caller")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a custom template owned by the caller",
+        responses=problem_responses(409, 422),
+    )
     async def create_template(
         self, state: State, caller: NamedDependency[Caller], data: JSONBody[TemplateBody]
     ) -> TemplateRecord:
@@ -135,7 +145,11 @@ class TemplateController(Controller):
         template = build_template(state.context.settings, **_fields(data))
         return template_record(await catalog.create(caller, template))
 
-    @put("/{name:str}", summary="Store a new version of a custom template; earlier versions stay")
+    @put(
+        "/{name:str}",
+        summary="Store a new version of a custom template; earlier versions stay",
+        responses=problem_responses(404, 409, 422),
+    )
     async def update_template(
         self, state: State, caller: NamedDependency[Caller], name: FromPath[str], data: JSONBody[TemplateUpdateBody]
     ) -> TemplateRecord:
@@ -150,6 +164,7 @@ class TemplateController(Controller):
         summary="Delete a custom template; refused while a pool or container uses it unless force=true",
         description="With force=true the template's pool and its unclaimed members go too; containers "
         "already made from the template keep running.",
+        responses=problem_responses(404, 409),
     )
     async def delete_template(
         self, state: State, caller: NamedDependency[Caller], name: FromPath[str], force: FromQuery[bool] = False

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from corebase.api.openapi import problem_responses
 from corebase.api.schemas import Body, Record
 from corebase.auth import accounts
 from corebase.auth.access import ADMIN_ONLY, SELF_SERVICE
@@ -101,7 +102,12 @@ class UserController(Controller):
     tags = ["users"]
     opt = {"access": ADMIN_ONLY}
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create a user with a role; give it a key with POST /api/keys")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a user with a role; give it a key with POST /api/keys",
+        responses=problem_responses(409, 422),
+    )
     async def create_user(self, caller: CallerDependency, data: JSONBody[UserBody]) -> UserRecord:
         return user_record(await accounts.create_user(caller, data.name, data.role))
 
@@ -109,7 +115,7 @@ class UserController(Controller):
     async def list_users(self, caller: CallerDependency) -> list[UserRecord]:
         return [user_record(row) for row in await accounts.list_users()]
 
-    @get("/{name:str}", summary="Read a user")
+    @get("/{name:str}", summary="Read a user", responses=problem_responses(404))
     async def get_user(self, caller: CallerDependency, name: FromPath[str]) -> UserRecord:
         return user_record(await accounts.get_user(name))
 
@@ -118,6 +124,7 @@ class UserController(Controller):
         summary="Change a user's role, or disable or enable the user",
         description="Takes effect at once in the process that handles it, and in other API processes "
         "within auth.key_cache_seconds (30 by default), which is how long they cache a verified key.",
+        responses=problem_responses(404, 409),
     )
     async def change_user(
         self, state: State, caller: CallerDependency, name: FromPath[str], data: JSONBody[UserChange]
@@ -131,7 +138,12 @@ class KeyController(Controller):
     # Every role manages its own keys; the service keeps each new key within the caller's scopes.
     opt = {"access": SELF_SERVICE}
 
-    @post("/", status_code=HTTP_201_CREATED, summary="Create an API key; the secret is in this response only")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create an API key; the secret is in this response only",
+        responses=problem_responses(404, 409, 422),
+    )
     async def create_key(self, caller: CallerDependency, data: JSONBody[KeyBody]) -> CreatedKeyRecord:
         expires_at = accounts.expiry_from(data.expires_at, data.expires_in)
         row, secret = await accounts.create_user_key(caller, data.name, data.scopes, expires_at, data.user)
@@ -143,7 +155,7 @@ class KeyController(Controller):
     ) -> list[KeyRecord]:
         return [KeyRecord(**key_fields(row)) for row in await accounts.list_keys(caller, user)]
 
-    @get("/{key_id:str}", summary="Read an API key, without its secret")
+    @get("/{key_id:str}", summary="Read an API key, without its secret", responses=problem_responses(404))
     async def get_key(self, caller: CallerDependency, key_id: FromPath[str]) -> KeyRecord:
         return KeyRecord(**key_fields(await accounts.get_key(caller, key_id)))
 
@@ -153,10 +165,16 @@ class KeyController(Controller):
         summary="Revoke an API key",
         description="Takes effect at once in the process that handles it, and in other API processes "
         "within auth.key_cache_seconds (30 by default).",
+        responses=problem_responses(404),
     )
     async def delete_key(self, state: State, caller: CallerDependency, key_id: FromPath[str]) -> KeyRecord:
         return KeyRecord(**key_fields(await accounts.revoke_key(caller, state.key_verifier, key_id)))
 
-    @post("/{key_id:str}/revoke", status_code=HTTP_200_OK, summary="Revoke an API key (same as DELETE)")
+    @post(
+        "/{key_id:str}/revoke",
+        status_code=HTTP_200_OK,
+        summary="Revoke an API key (same as DELETE)",
+        responses=problem_responses(404),
+    )
     async def revoke_key(self, state: State, caller: CallerDependency, key_id: FromPath[str]) -> KeyRecord:
         return KeyRecord(**key_fields(await accounts.revoke_key(caller, state.key_verifier, key_id)))

@@ -41,7 +41,7 @@ async def history(
 
     span = finish - begin
     resolution = store.resolution_for(int(begin), now)
-    if step is None:
+    if not step:
         seconds = max(1, math.ceil(span / DEFAULT_POINTS))
     else:
         seconds = parse_step(step)
