@@ -15,10 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiodocker
 import asyncpg
-from aiodocker.networks import DockerNetwork
 import httpx
 import pytest
 
+from corebase.testing.server import remove_containers, remove_networks, sqlite_container_ids
 from support.server import TEST_NETWORK_PREFIX, RunningServer, run_server
 
 RUN_LABEL = "corebase-test.run"
@@ -31,22 +31,6 @@ def start_body(image: str, **fields) -> dict:
     return {"image": image, "labels": labels, **fields}
 
 
-async def remove_containers(label: str, corebase_ids: set[str] | None = None) -> None:
-    """Force-remove the engine containers carrying `label`, only those with a `corebase.id` in `corebase_ids` if given."""
-    docker = aiodocker.Docker()
-    try:
-        for container in await docker.containers.list(all=True, filters={"label": [label]}):
-            if corebase_ids is not None and container._container.get("Labels", {}).get("corebase.id") not in corebase_ids:
-                continue
-            try:
-                await container.delete(force=True, v=True)
-            except aiodocker.DockerError as exc:
-                if exc.status != 404:
-                    raise
-    finally:
-        await docker.close()
-
-
 async def cleanup_run_containers() -> None:
     await remove_containers(f"{RUN_LABEL}={RUN_ID}")
     await remove_test_networks()
@@ -54,18 +38,7 @@ async def cleanup_run_containers() -> None:
 
 async def remove_test_networks() -> None:
     """Remove the per-owner networks that this process's servers created; those still in use stay."""
-    docker = aiodocker.Docker()
-    try:
-        for network in await docker.networks.list(filters={"label": ["corebase.managed=true"]}):
-            if not network["Name"].startswith(TEST_NETWORK_PREFIX + "-"):
-                continue
-            try:
-                await DockerNetwork(docker, network["Id"]).delete()
-            except aiodocker.DockerError as exc:
-                if exc.status not in (404, 403, 409):
-                    raise
-    finally:
-        await docker.close()
+    await remove_networks(TEST_NETWORK_PREFIX)
 
 
 async def run_containers_in_engine() -> list[dict]:
@@ -137,14 +110,7 @@ def toolbox_template_env(toolbox_image: str) -> dict[str, str]:
 
 async def remove_server_containers(data_dir: Path) -> None:
     """Remove every engine container whose corebase.id is in a SQLite server's database, pool members included."""
-    import sqlite3
-
-    database = data_dir / "corebase.sqlite"
-    if not database.exists():
-        return
-    with sqlite3.connect(database) as connection:
-        ids = {row[0] for row in connection.execute("SELECT id FROM containers")}
-    await remove_containers("corebase.managed=true", ids)
+    await remove_containers("corebase.managed=true", sqlite_container_ids(data_dir))
 
 
 async def remove_database_containers(database_url: str) -> None:

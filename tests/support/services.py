@@ -7,33 +7,20 @@ their addresses in the COREBASE_TEST_* variables read here.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from typing import NoReturn
 from urllib.parse import SplitResult, urlsplit
 
-import aiodocker
-import aiohttp
 import pytest
+
+from corebase.testing.services import require_engine, require_service, running_in_ci
+
+__all__ = ["redact", "require_engine", "require_service", "running_in_ci", "service_address"]
 
 START_HINT = 'run `scripts/services.sh start` and `eval "$(scripts/services.sh env)"`, or run scripts/test.sh'
 CONNECT_TIMEOUT = 2.0  # seconds for one TCP connection attempt to a service
-ENGINE_TIMEOUT = 10.0  # seconds for the engine to respond to GET /version
 
 _DEFAULT_PORTS = {"postgres": 5432, "postgresql": 5432, "redis": 6379}
-
-
-def running_in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def require_service(name: str, reason: str) -> NoReturn:
-    """Fail the calling test under CI=true, where every test must run, and skip it otherwise."""
-    message = f"{name} is not available: {reason}"
-    if running_in_ci():
-        pytest.fail(f"{message} (CI=true, so the test fails instead of skipping)", pytrace=False)
-    pytest.skip(message)
 
 
 def redact(url: SplitResult) -> str:
@@ -71,20 +58,3 @@ def service_address(name: str, variable: str) -> str:
     except OSError as exc:
         require_service(name, f"{variable}={redact(url)} is unreachable ({exc}); {START_HINT}")
     return value
-
-
-async def require_engine() -> None:
-    """Call require_service unless the Docker Engine responds to GET /version."""
-    try:
-        docker = aiodocker.Docker()
-    except (AssertionError, ValueError):
-        # aiodocker 0.27 fails an assert when neither DOCKER_HOST nor a Docker socket exists.
-        require_service("Docker Engine", "DOCKER_HOST is not set and no Docker socket was found")
-
-    try:
-        await asyncio.wait_for(docker.version(), ENGINE_TIMEOUT)
-    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-        # OSError covers TimeoutError from wait_for and a refused or forbidden socket.
-        require_service("Docker Engine", f"the engine did not answer ({exc}); start dockerd or set DOCKER_HOST")
-    finally:
-        await docker.close()
