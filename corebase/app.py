@@ -19,11 +19,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 from corebase import __version__, db
 from corebase.alerts.service import AlertService
 from corebase.api.alerts import AlertController
-from corebase.api.allow import AllowHeaderPlugin
 from corebase.api.audit import AuditPlugin
 from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
-from corebase.api.openapi import ProblemResponsesPlugin, RequestBodySchemaPlugin
 from corebase.api.problems import EXCEPTION_HANDLERS
 from corebase.api.policies import PolicyController
 from corebase.api.pools import PoolController
@@ -39,6 +37,7 @@ from corebase.auth.keys import KeyVerifier, seed_admin_key
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError, PluginError
 from corebase.events.bus import EventBus
+from corebase.installation import installation_id
 from corebase.metrics.service import MonitorService
 from corebase.plugins import (
     AppContext,
@@ -96,14 +95,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         guards=[require_access],
         exception_handlers=EXCEPTION_HANDLERS,
         # AuditPlugin comes last, so its recorder is the outermost middleware and records every rejection.
-        plugins=[
-            ProblemResponsesPlugin(),
-            RequestBodySchemaPlugin(),
-            AllowHeaderPlugin(),
-            PrometheusPlugin(settings),
-            RateLimitPlugin(settings),
-            AuditPlugin(),
-        ],
+        plugins=[PrometheusPlugin(settings), RateLimitPlugin(settings), AuditPlugin()],
         lifespan=[_lifespan],
         state=State(
             {
@@ -158,6 +150,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         containers = ContainerService(settings, context.runtime, context.policies, app.state.templates, engine_cpus)
         pools = PoolService(settings, containers, load_pool_strategy(context.plugin_manager, settings))
         containers.pool = pools
+        containers.installation_id = await installation_id()
         app.state.containers = context.state["containers"] = containers
         app.state.pools = context.state["pools"] = pools
         await pools.start()
