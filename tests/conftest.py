@@ -19,6 +19,7 @@ import pytest
 from api_support import cleanup_run_containers, create_postgres_database, drop_postgres_database
 from corebase import db
 from corebase.settings import load_settings
+from corebase_docker import DockerRuntime
 from support.images import ensure_test_image, ensure_toolbox_image
 from support.services import require_engine, service_address
 
@@ -62,6 +63,16 @@ async def docker(docker_available: None) -> AsyncIterator[aiodocker.Docker]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[DockerRuntime]:
+    """The built-in Docker runtime on the local engine, closed after the test."""
+    docker_runtime = DockerRuntime()
+    try:
+        yield docker_runtime
+    finally:
+        await docker_runtime.close()
 
 
 @pytest.fixture(scope="session")

@@ -54,15 +54,6 @@ SpecFactory = Callable[..., ContainerSpec]
 
 
 @pytest.fixture
-async def runtime() -> AsyncIterator[DockerRuntime]:
-    docker_runtime = DockerRuntime()
-    try:
-        yield docker_runtime
-    finally:
-        await docker_runtime.close()
-
-
-@pytest.fixture
 async def new_spec(docker: aiodocker.Docker, test_image: str) -> AsyncIterator[SpecFactory]:
     """Return a factory of specs with random names; every container so named is removed afterwards."""
     names: list[str] = []

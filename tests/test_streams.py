@@ -16,8 +16,7 @@ import pytest
 from api_support import server_fixture, start_body
 from corebase.api.streams import ndjson_exec, ndjson_output
 from corebase.errors import EngineUnavailable
-from corebase.runtime.types import ExecExit, LogChunk, LogOptions
-from corebase_docker import DockerRuntime
+from corebase.runtime.types import ExecExit, LogChunk
 from support.server import RunningServer
 
 # Each printf is one write, and an exec's output reaches CoreBase one write at a time, so é, ✓
@@ -148,15 +147,6 @@ async def test_ndjson_exec_reports_broken_output() -> None:
 # --- the runtime -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def runtime() -> AsyncIterator[DockerRuntime]:
-    docker_runtime = DockerRuntime()
-    try:
-        yield docker_runtime
-    finally:
-        await docker_runtime.close()
-
-
 @pytest.mark.engine
 async def test_runtime_passes_cut_pieces_on(runtime, started) -> None:
     record = await started(command=SLEEPER)
@@ -226,7 +216,7 @@ async def test_exec_stream_decodes_cut_characters(api, started, tty) -> None:
     assert lines[-1]["exitCode"] == 4
     assert lines[-1]["timedOut"] is False
     assert lines[-1]["durationMs"] > 0
-    # é arrived in two pieces and its first byte alone gave no line: no line holds U+FFFD but the invalid byte's.
+    # é arrived in two pieces and its first byte alone gave no line, so the only U+FFFD is the invalid byte's.
     assert sum(line.get("text", "").count("\ufffd") for line in lines) == 1
 
 

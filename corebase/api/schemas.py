@@ -171,7 +171,7 @@ class OutputLine(Record):
 class ExecEndLine(Record):
     """The last line of a streamed exec."""
 
-    # None when the command timed out, or when its output broke off (then `error` says why).
+    # None when the command timed out, or when its output broke off (then `error` describes the failure).
     exit_code: int | None
     timed_out: bool
     duration_ms: float

@@ -1,8 +1,9 @@
 """Response bodies that stream container output: raw log bytes, and NDJSON for logs and exec.
 
 Every body is produced as the runtime yields output, and each piece is sent before the next is
-read. Litestar awaits the ASGI `send` of each piece, and uvicorn makes `send` wait while the
-client's socket buffer is full, so a slow client slows the reads instead of filling memory.
+read. Litestar awaits the ASGI `send` of each piece, and uvicorn (0.55, h11 and httptools alike)
+makes `send` wait while the client's socket buffer is full, so a slow client slows the reads
+instead of filling memory.
 """
 
 from __future__ import annotations

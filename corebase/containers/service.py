@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
@@ -456,19 +456,13 @@ class ContainerService:
 
     async def exec(self, caller: Caller, request: ExecRequest) -> tuple[ExecResult, float]:
         """Run a command in a running container; return the result and its duration in milliseconds."""
-        timeout = self._exec_timeout(request)
+        options = self._exec_options(request)
         row = await self._find(caller, request.container_id)
 
         started = time.perf_counter()
         async with self._engine_errors(row):
             result = await self.runtime.exec(
-                row.docker_id,
-                request.command,
-                env=request.env or None,
-                workdir=request.workdir,
-                user=request.user,
-                timeout=timeout,
-                max_output=parse_size(self.settings.exec.max_output),
+                row.docker_id, request.command, **options, max_output=parse_size(self.settings.exec.max_output)
             )
         duration_ms = (time.perf_counter() - started) * 1000
         logger.info("exec in container %s exit_code=%s by %s", row.id, result.exit_code, caller.user)
@@ -480,25 +474,23 @@ class ContainerService:
         The output is not limited by `exec.max_output`, because nothing keeps it. Errors before the
         first output raise here, as for `logs`.
         """
-        timeout = self._exec_timeout(request)
+        options = self._exec_options(request)
         row = await self._find(caller, request.container_id)
-        stream = self.runtime.exec_stream(
-            row.docker_id,
-            request.command,
-            env=request.env or None,
-            workdir=request.workdir,
-            user=request.user,
-            timeout=timeout,
-        )
+        stream = self.runtime.exec_stream(row.docker_id, request.command, **options)
         opened = await self._open_stream(row, stream)
         return _log_exec_end(opened, row.id, caller.user)
 
-    def _exec_timeout(self, request: ExecRequest) -> float:
-        """Return the request's timeout, or the default; raise InvalidField above the maximum."""
+    def _exec_options(self, request: ExecRequest) -> dict[str, Any]:
+        """Return the runtime's keyword arguments for `request`; raise InvalidField for a timeout above the maximum."""
         limits = self.settings.exec
         if request.timeout is not None and request.timeout > limits.max_timeout:
             raise InvalidField("timeout", f"timeout {request.timeout:g} is above the maximum of {limits.max_timeout:g} seconds")
-        return request.timeout or limits.default_timeout
+        return {
+            "env": request.env or None,
+            "workdir": request.workdir,
+            "user": request.user,
+            "timeout": request.timeout or limits.default_timeout,
+        }
 
     async def logs(self, caller: Caller, reference: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         """Check the container and open its log stream.

@@ -93,7 +93,7 @@ class ContainerRuntime(Protocol):
         """Run a command and yield its output as it arrives, then one ExecExit as the last item.
 
         Output pieces keep stdout and stderr apart and may end inside a UTF-8 character. A
-        consumer that stops reading holds the command up instead of making the backend buffer.
+        consumer that stops reading blocks the command's writes instead of making the backend buffer.
         After `timeout` seconds, counted from the start, the ExecExit has `timed_out` set. A
         command that cannot be run ends with the engine's non-zero exit code and its message on
         stderr. Closing the iterator early stops the command where the backend can.

@@ -112,11 +112,11 @@ async def stream_exec(
 ) -> AsyncIterator[LogChunk | ExecExit]:
     """Run `command` in container `engine_id`, yield its output as it arrives, then one ExecExit.
 
-    Nothing is buffered beyond the frame being read: aiodocker stops reading from the engine
-    while its queue holds more than 128 KiB, so a consumer that does not iterate holds up the
-    command's writes instead of filling memory. `timeout` counts from the start, the consumer's
-    time included; past it the command is killed (see `_kill_exec`) and the ExecExit has
-    `timed_out` set. A consumer that stops iterating early kills the command the same way.
+    Nothing is buffered beyond the frame being read: aiodocker (0.27) stops reading from the
+    engine while its queue contains more than 128 KiB, so a consumer that does not iterate
+    blocks the command's writes instead of filling memory. `timeout` counts from the start, the
+    consumer's time included. Past it the command is killed (see `_kill_exec`) and the ExecExit
+    has `timed_out` set. A consumer that stops iterating early kills the command the same way.
     aiodocker exceptions propagate for the caller to translate (409 when the container is not
     running).
     """
@@ -166,7 +166,7 @@ async def stream_exec(
     finally:
         await stream.close()
         if not ended:
-            # The consumer stopped early or the read failed: nobody reads the output any more.
+            # The consumer stopped early or the read failed, so the output has no reader any more.
             await asyncio.shield(_kill_exec(exec_, engine_id, "abandoned"))
 
 

@@ -14,13 +14,16 @@ Record again with the engine running (it needs the busybox test image, built on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiodocker
+from aiodocker.containers import DockerContainer
 
 from corebase_docker.client import resolve_url
 from support.images import TEST_LABEL, ensure_test_image
@@ -64,39 +67,44 @@ RECORD_TIMEOUT = 60.0
 
 async def record_container(docker: aiodocker.Docker, image: str) -> bytes:
     """Run SCRIPT as a container's command and return its attached output, as the engine sent it."""
-    container = await docker.containers.create(
-        {"Image": image, "Cmd": ["sh", "-c", SCRIPT], "Labels": {TEST_LABEL: "true"}},
-        name=f"cbtest-frames-{secrets.token_hex(4)}",
-    )
-    try:
+    async with _test_container(docker, image, ["sh", "-c", SCRIPT]) as container:
         # Attached before the start, so the first write is not missed.
         reader, writer = await _hijack(f"containers/{container.id}/attach?stream=1&stdout=1&stderr=1", None)
         try:
             await container.start()
-            async with asyncio.timeout(RECORD_TIMEOUT):
-                return await reader.read()
+            return await _read_to_end(reader)
         finally:
             writer.close()
-    finally:
-        await container.delete(force=True, v=True)
 
 
 async def record_exec(docker: aiodocker.Docker, image: str) -> bytes:
     """Run SCRIPT as an exec in a running container and return its output, as the engine sent it."""
-    container = await docker.containers.run(
-        {"Image": image, "Cmd": ["sleep", "600"], "Labels": {TEST_LABEL: "true"}},
-        name=f"cbtest-frames-{secrets.token_hex(4)}",
-    )
-    try:
+    async with _test_container(docker, image, ["sleep", "600"]) as container:
+        await container.start()
         exec_ = await container.exec(["sh", "-c", SCRIPT], stdout=True, stderr=True)
         reader, writer = await _hijack(f"exec/{exec_.id}/start", {"Detach": False, "Tty": False})
         try:
-            async with asyncio.timeout(RECORD_TIMEOUT):
-                return await reader.read()
+            return await _read_to_end(reader)
         finally:
             writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _test_container(docker: aiodocker.Docker, image: str, command: list[str]) -> AsyncIterator[DockerContainer]:
+    """Create (not start) a container with the test label, and remove it when the block ends."""
+    container = await docker.containers.create(
+        {"Image": image, "Cmd": command, "Labels": {TEST_LABEL: "true"}},
+        name=f"cbtest-frames-{secrets.token_hex(4)}",
+    )
+    try:
+        yield container
     finally:
         await container.delete(force=True, v=True)
+
+
+async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(RECORD_TIMEOUT):
+        return await reader.read()
 
 
 async def _hijack(path: str, body: dict | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
