@@ -19,9 +19,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 from corebase import __version__, db
 from corebase.alerts.service import AlertService
 from corebase.api.alerts import AlertController
+from corebase.api.allow import AllowHeaderPlugin
 from corebase.api.audit import AuditPlugin
 from corebase.api.events import events_socket, logs_socket
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
+from corebase.api.openapi import ProblemResponsesPlugin, RequestBodySchemaPlugin
 from corebase.api.problems import EXCEPTION_HANDLERS
 from corebase.api.policies import PolicyController
 from corebase.api.pools import PoolController
@@ -95,7 +97,14 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         guards=[require_access],
         exception_handlers=EXCEPTION_HANDLERS,
         # AuditPlugin comes last, so its recorder is the outermost middleware and records every rejection.
-        plugins=[PrometheusPlugin(settings), RateLimitPlugin(settings), AuditPlugin()],
+        plugins=[
+            ProblemResponsesPlugin(),
+            RequestBodySchemaPlugin(),
+            AllowHeaderPlugin(),
+            PrometheusPlugin(settings),
+            RateLimitPlugin(settings),
+            AuditPlugin(),
+        ],
         lifespan=[_lifespan],
         state=State(
             {
