@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,12 @@ def resolve_url(url: str, environ: Mapping[str, str] | None = None) -> str:
 def open_client(url: str, timeout: float) -> aiodocker.Docker:
     """Create an aiodocker client for `url` whose calls time out after `timeout` seconds.
 
-    Must run inside an event loop, because the client's aiohttp session binds to it. Raises
-    ValueError for an address aiodocker cannot use.
+    Connecting has the same limit on its own, because aiodocker lifts only the total and read
+    limits for its streamed calls (attached execs). Must run inside an event loop, because the
+    client's aiohttp session binds to it. Raises ValueError for an address aiodocker cannot use.
     """
-    return aiodocker.Docker(url=url, timeout=aiohttp.ClientTimeout(total=timeout))
+    client_timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_connect=timeout)
+    return aiodocker.Docker(url=url, timeout=client_timeout)
 
 
 @asynccontextmanager
@@ -48,15 +51,23 @@ async def raw_response(
     *,
     params: Mapping[str, Any] | None = None,
     timeout: aiohttp.ClientTimeout,
+    headers_timeout: float | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send a request and yield the unread response, closing it when the block exits.
 
     aiodocker's `_query` is used because its public helpers either merge stdout and stderr (logs)
     or hide the HTTP status (stop's 304). `_query` does not close the response itself, and a
     streamed response that is not closed keeps its connection and the engine's work alive.
-    Raises aiodocker.DockerError for a 4xx or 5xx status.
+    `headers_timeout` limits the wait for the status line and headers, which a stream without a
+    read timeout needs, because an engine that accepts the connection and never answers would
+    otherwise hold it forever. Raises aiodocker.DockerError for a 4xx or 5xx status and
+    TimeoutError when a limit passes.
     """
-    async with docker._query(path, method, params=dict(params or {}), timeout=timeout) as response:
+    async with AsyncExitStack() as stack:
+        async with asyncio.timeout(headers_timeout):
+            response = await stack.enter_async_context(
+                docker._query(path, method, params=dict(params or {}), timeout=timeout)
+            )
         try:
             yield response
         finally:

@@ -15,8 +15,6 @@ from corebase_docker.client import raw_response
 
 logger = logging.getLogger(__name__)
 
-# The stream stays open for as long as the engine runs, so only connecting has a deadline.
-STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None)
 
 
 def event_params(labels: dict[str, str], since_ns: int | None) -> dict[str, str]:
@@ -43,12 +41,17 @@ def parse_event(message: dict) -> RuntimeEvent | None:
 
 
 async def stream_events(
-    docker: aiodocker.Docker, endpoint: str, labels: dict[str, str], since_ns: int | None
+    docker: aiodocker.Docker, endpoint: str, labels: dict[str, str], since_ns: int | None, *, timeout: float
 ) -> AsyncIterator[RuntimeEvent]:
-    """Yield events until the stream ends; an ended or broken stream raises EngineUnavailable."""
+    """Yield events until the stream ends; an ended or broken stream raises EngineUnavailable.
+
+    The stream stays open for as long as the engine runs, so only connecting and the response
+    headers have a deadline, `timeout` seconds each.
+    """
+    stream_timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=None)
     try:
         async with raw_response(
-            docker, "events", params=event_params(labels, since_ns), timeout=STREAM_TIMEOUT
+            docker, "events", params=event_params(labels, since_ns), timeout=stream_timeout, headers_timeout=timeout
         ) as response:
             async for line in response.content:
                 line = line.strip()
@@ -61,6 +64,10 @@ async def stream_events(
                     continue
                 if event is not None:
                     yield event
+    except TimeoutError as exc:
+        raise EngineUnavailable(
+            f"the Docker Engine at {endpoint} did not answer the event stream request within {timeout:g} s"
+        ) from exc
     except (aiohttp.ClientError, aiodocker.DockerError, OSError) as exc:
         raise EngineUnavailable(f"the event stream of the Docker Engine at {endpoint} broke: {exc}") from exc
     raise EngineUnavailable(f"the Docker Engine at {endpoint} closed its event stream")

@@ -44,7 +44,8 @@ async def read_logs(
     With a TTY the engine sends raw bytes, all of them stdout; without one it multiplexes the
     streams in frames. A followed log has no total time limit and ends when the container exits
     or when the consumer stops iterating, which closes the response. `timeout` limits the
-    connection and, without `follow`, each read. aiodocker exceptions propagate.
+    connection, the wait for the response headers and, without `follow`, each read. aiodocker
+    exceptions propagate.
     """
     if not (options.stdout or options.stderr):
         return
@@ -62,6 +63,7 @@ async def read_logs(
         f"containers/{engine_id}/logs",
         params=log_params(options),
         timeout=client_timeout,
+        headers_timeout=timeout,
     ) as response:
         if tty:
             async for chunk in response.content.iter_any():

@@ -27,6 +27,7 @@ from corebase.runtime.types import (
     StatsSample,
 )
 from corebase.settings import ContainerSettings, DockerSettings
+from corebase.sizes import parse_size
 from corebase_docker.client import open_client, raw_response, resolve_url
 from corebase_docker.errors import start_rejection, translate_errors, unavailable
 from corebase_docker.events import stream_events
@@ -34,7 +35,7 @@ from corebase_docker.execs import run_exec, stream_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
 from corebase_docker.networks import connect_network, disconnect_network, ensure_network, network_ready
-from corebase_docker.specs import create_body
+from corebase_docker.specs import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, create_body
 from corebase_docker.state import state_from_inspect, state_from_list_entry
 from corebase_docker.stats import is_running_sample, parse_stats
 
@@ -45,8 +46,10 @@ class DockerRuntime:
     """A ContainerRuntime backed by one Docker Engine.
 
     Every engine call times out after `timeout` seconds, except pulls (`pull_timeout`), stops and
-    restarts (their grace period plus `timeout`), exec output (the exec's own timeout) and
-    followed logs (no limit). The aiodocker client is created on first use, inside the event loop.
+    restarts (their grace period plus `timeout`), exec output (the exec's own timeout), and
+    followed logs and the event stream, which have no total limit. Connecting and, for those
+    streams, waiting for the response headers still time out after `timeout` seconds. The aiodocker
+    client is created on first use, inside the event loop.
     """
 
     name = "docker"
@@ -58,11 +61,15 @@ class DockerRuntime:
         timeout: float = 30.0,
         pull_timeout: float = 600.0,
         stop_timeout: float = 10.0,
+        log_max_size: int = DEFAULT_LOG_MAX_SIZE,
+        log_max_files: int = DEFAULT_LOG_MAX_FILES,
     ) -> None:
         self.url = resolve_url(url)
         self.timeout = timeout
         self.pull_timeout = pull_timeout
         self.stop_timeout = stop_timeout
+        self.log_max_size = log_max_size
+        self.log_max_files = log_max_files
         self._docker: aiodocker.Docker | None = None
         self._network_locks: dict[str, asyncio.Lock] = {}
 
@@ -74,6 +81,8 @@ class DockerRuntime:
             timeout=docker.timeout,
             pull_timeout=docker.pull_timeout,
             stop_timeout=containers.stop_timeout,
+            log_max_size=parse_size(containers.log_max_size),
+            log_max_files=containers.log_max_files,
         )
 
     # --- engine -------------------------------------------------------------------------------
@@ -93,6 +102,12 @@ class DockerRuntime:
             memory_bytes=int(info.get("MemTotal") or 0),
             runtimes=sorted(info.get("Runtimes") or {}),
         )
+
+    async def ping(self) -> None:
+        """Check that the engine answers `GET /_ping`, its cheapest request; EngineGuard's probe uses it."""
+        docker = self._client()
+        with self._errors("ping the engine"):
+            await docker._query_json("_ping", versioned_api=False)
 
     async def pull(self, image: str) -> None:
         docker = self._client()
@@ -129,7 +144,9 @@ class DockerRuntime:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
-        body = create_body(spec, stop_timeout=self.stop_timeout)
+        body = create_body(
+            spec, stop_timeout=self.stop_timeout, log_max_size=self.log_max_size, log_max_files=self.log_max_files
+        )
         if spec.pull_policy == "always":
             await self.pull(spec.image)
 
@@ -204,7 +221,7 @@ class DockerRuntime:
 
     async def events(self, labels: dict[str, str], since_ns: int | None = None) -> AsyncIterator[RuntimeEvent]:
         docker = self._client()
-        async for event in stream_events(docker, self.url, labels, since_ns):
+        async for event in stream_events(docker, self.url, labels, since_ns, timeout=self.timeout):
             yield event
 
     async def stats(self, engine_id: str) -> StatsSample:
