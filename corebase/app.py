@@ -50,6 +50,7 @@ from corebase.plugins import (
     load_runtime,
 )
 from corebase.pool.service import PoolService
+from corebase.runtime.guard import EngineGuard
 from corebase.templates.catalog import TemplateCatalog
 from corebase.settings import Settings
 from corebase.sizes import parse_size
@@ -149,14 +150,20 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 
     engine = await db.connect(settings)
     bus = EventBus(settings)
+    # Services reach the engine through the guard; plugins' hooks get the runtime itself in context.runtime.
+    runtime = EngineGuard(
+        context.runtime, probe_interval=settings.docker.probe_interval, probe_timeout=settings.docker.probe_timeout
+    )
+    app.state.engine = context.state["engine"] = runtime
     try:
         await _prepare_database(settings)
         await bus.start()
         app.state.bus = context.state["bus"] = bus
-        engine_cpus = await _describe_engine(context)
+        runtime.start_probe()
+        engine_cpus = await _describe_engine(runtime)
         app.state.database = engine
         app.state.database_description = db.describe(settings)
-        containers = ContainerService(settings, context.runtime, context.policies, app.state.templates, engine_cpus)
+        containers = ContainerService(settings, runtime, context.policies, app.state.templates, engine_cpus)
         pools = PoolService(settings, containers, load_pool_strategy(context.plugin_manager, settings))
         containers.pool = pools
         containers.installation_id = await installation_id()
@@ -167,7 +174,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         alerts = AlertService(settings, bus, context.notifiers)
         app.state.alerts = context.state["alerts"] = alerts
         await alerts.start()
-        monitor = MonitorService(settings, context.runtime, context.collector, bus, containers, alerts=alerts)
+        monitor = MonitorService(settings, runtime, context.collector, bus, containers, alerts=alerts)
         app.state.monitor = context.state["monitor"] = monitor
         await monitor.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
@@ -184,6 +191,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
             await context.state["pools"].stop()
         if "bus" in context.state:
             await bus.stop()
+        await runtime.stop_probe()
         await _shutdown(context)
         await db.disconnect(engine)
 
@@ -203,10 +211,10 @@ async def _prepare_database(settings: Settings) -> None:
         print(f"CoreBase generated an admin API key; it is in {key_file}", flush=True)
 
 
-async def _describe_engine(context: AppContext) -> int | None:
+async def _describe_engine(runtime: EngineGuard) -> int | None:
     """Log the engine's facts; an unreachable engine is a warning, not a failed start."""
     try:
-        info = await context.runtime.info()
+        info = await runtime.info()
     except ApiError as exc:
         logger.warning("container engine unreachable at start-up: %s", exc)
         return None

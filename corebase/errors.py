@@ -324,13 +324,15 @@ class ImagePullFailed(EngineError):
 
 
 class EngineUnavailable(ApiError):
+    """The container engine cannot be reached; `dependency` names it, and Retry-After says when to try again."""
+
     status = 503
     slug = "engine-unavailable"
     title = "Container engine unavailable"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.headers["Retry-After"] = "5"
+    def __init__(self, detail: str, retry_after: int = 5) -> None:
+        super().__init__(detail, dependency="engine", retryAfter=retry_after)
+        self.headers["Retry-After"] = str(retry_after)
 
 
 class EngineTimeout(ApiError):

@@ -75,6 +75,10 @@ class DockerSettings(Section):
     """Seconds an image pull may take."""
     pull_policy: Literal["missing", "always", "never"] = "missing"
     """When to pull an image: only when it is missing locally, before every start, or never."""
+    probe_interval: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
+    """Seconds between two health checks of the engine; while it is down, engine requests answer 503 at once."""
+    probe_timeout: PositiveFloat = 5.0
+    """Seconds a health check may take before the engine counts as down and calls waiting for it fail with 503."""
 
 
 class ContainerSettings(Section):

@@ -16,6 +16,7 @@ from corebase.auth.caller import Caller
 from corebase.errors import ApiError
 from corebase.metrics.service import LEASE_NAME
 from corebase.plugins import AppContext, describe_plugins
+from corebase.runtime.guard import EngineGuard
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ class SystemController(Controller):
         responses={503: ResponseSpec(HealthRecord, description="The database or the engine is unreachable")},
     )
     async def health(self, state: State) -> Response[HealthRecord]:
-        context: AppContext = state.context
-        database, engine = await asyncio.gather(_probe_database(state), _probe_engine(context))
+        database, engine = await asyncio.gather(_probe_database(state), _probe_engine(state.engine))
         healthy = database.ok and engine.ok
         record = HealthRecord(
             status="ok" if healthy else "degraded", version=__version__, database=database, engine=engine
@@ -76,9 +76,10 @@ async def _probe_database(state: State) -> ComponentHealth:
     return ComponentHealth(ok=True, detail=state.database_description)
 
 
-async def _probe_engine(context: AppContext) -> ComponentHealth:
+async def _probe_engine(engine: EngineGuard) -> ComponentHealth:
+    """Ask the engine for its version, or report at once the outage the guard already knows of."""
     try:
-        info = await asyncio.wait_for(context.runtime.info(), HEALTH_PROBE_TIMEOUT)
+        info = await asyncio.wait_for(engine.info(), HEALTH_PROBE_TIMEOUT)
     except (ApiError, TimeoutError) as exc:
         return ComponentHealth(ok=False, detail=f"unreachable: {exc or 'timed out'}")
     return ComponentHealth(ok=True, detail=f"{info.backend} {info.version} (API {info.api_version})")

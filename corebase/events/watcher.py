@@ -6,7 +6,9 @@ Redis only the leader publishes, so each event reaches every client once. The le
 
 After a dropped connection the watcher reconnects with a growing delay and resumes from the time
 of the last event it saw. The engine replays events from that time onward, the last one included,
-so events already seen are recognised by their (time, container, action) key and skipped.
+so events already seen are recognised by their (time, container, action) key and skipped. Behind
+an EngineGuard that reports the engine down, the watcher waits for the guard's probe to see the
+engine back instead of growing the delay, then reconnects after the first delay.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from corebase.containers.tables import Container
 from corebase.errors import ApiError
 from corebase.events.bus import EventBus
 from corebase.events.types import Event
+from corebase.runtime.guard import EngineGuard
 from corebase.runtime.protocol import ContainerRuntime
 from corebase.runtime.types import RuntimeEvent
 
@@ -76,6 +79,7 @@ class EngineWatcher:
             await self._follow()
         finally:
             notifier.cancel()
+            await asyncio.gather(notifier, return_exceptions=True)
 
     async def _follow(self) -> None:
         delay = self.reconnect_delay
@@ -93,6 +97,10 @@ class EngineWatcher:
             except Exception:
                 logger.exception("engine event stream failed; reconnecting in %.1f s", delay)
             self.connected.clear()
+            if isinstance(self.runtime, EngineGuard) and not self.runtime.available:
+                # The guard's probe tells when the engine is back, so the delay need not grow meanwhile.
+                await self.runtime.wait_until_available()
+                delay = self.reconnect_delay
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RECONNECT_DELAY)
             self.reconnects += 1
