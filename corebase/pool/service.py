@@ -36,7 +36,15 @@ from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService, Started, generate_credentials, new_container_id, utcnow
 from corebase.containers.spec import LABEL_MANAGED, build_spec, check_name
 from corebase.containers.tables import ACTIVE_STATUSES, Container
-from corebase.errors import ApiError, ContainerNotFound, InvalidField, NameInUse, PoolNotFound
+from corebase.errors import (
+    ApiError,
+    ContainerNotFound,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidField,
+    NameInUse,
+    PoolNotFound,
+)
 from corebase.pool.strategy import PoolDemand, PoolStrategy
 from corebase.pool.tables import Pool
 from corebase.settings import PoolSpec, Settings, pool_limits_problem
@@ -276,7 +284,14 @@ class PoolService:
             if row is None:
                 self.refill_soon()
                 return None
-            if not await self._still_running(row):
+            try:
+                usable = await self._still_running(row)
+            except ApiError:
+                # The engine cannot be reached, so the member goes back to the pool unchecked. Left
+                # claimed, it would count against the caller's quota until the manager collects it.
+                await self._release(row.id)
+                raise
+            if not usable:
                 continue
             try:
                 if request.name is not None and request.name != row.name:
@@ -411,6 +426,8 @@ class PoolService:
                     await self._pass(lease_seconds)
             except asyncio.CancelledError:
                 raise
+            except (EngineUnavailable, EngineTimeout) as exc:
+                logger.warning("pool manager pass skipped, because the engine cannot be reached: %s", exc)
             except Exception:
                 logger.exception("pool manager pass failed; retrying in %s s", interval)
             try:
@@ -562,6 +579,11 @@ class PoolService:
         except asyncio.CancelledError:
             await asyncio.shield(self._discard(row.id, row.docker_id))
             raise
+        except EngineUnavailable as exc:
+            # An outage is no fault of the template, so it does not delay refills once the engine is back.
+            await self._discard(row.id, row.docker_id)
+            logger.warning("pool %s: starting member %s failed, because the engine is down: %s", pool_name, row.id, exc)
+            return
         except Exception as exc:
             await self._discard(row.id, row.docker_id)
             await self._record_error(pool_name, f"starting a member failed: {exc}")
@@ -608,21 +630,32 @@ class PoolService:
             await self._discard(member["id"], member["docker_id"])
 
     async def _discard(self, member_id: str, docker_id: str | None) -> None:
-        """Remove a member's engine container and its row."""
+        """Remove a member's engine container and its row.
+
+        When the engine cannot be reached, the row stays as `retiring`, which no pool counts, and a
+        later manager pass tries again.
+        """
         if docker_id is not None:
             try:
                 await self.runtime.remove(docker_id, force=True)
             except ContainerNotFound:
                 pass
+            except (EngineUnavailable, EngineTimeout) as exc:
+                logger.warning("could not remove pool member %s (engine %s) yet: %s", member_id, docker_id, exc)
+                await Container.update({Container.pool_state: "retiring"}).where(
+                    (Container.id == member_id) & Container.pool_state.is_in(["warming", "retiring"])
+                )
+                return
             except Exception:
                 logger.exception("could not remove pool member %s (engine %s)", member_id, docker_id)
                 return
         await Container.delete().where(Container.id == member_id)
 
     async def _collect_orphans(self, pooled: set[str]) -> None:
-        """Remove members left behind by a process that stopped mid-way.
+        """Remove members left behind by a process that stopped mid-way, or by a failed removal.
 
-        Those are members of pools that no longer exist, and members taken by a claim that never
+        Those are members of pools that no longer exist, members still `retiring` because the
+        engine could not be reached to remove them, and members taken by a claim that never
         finished: a finished claim clears `pool_state` before it responds to the caller.
         """
         abandoned = utcnow() - timedelta(seconds=self.settings.pool.warm_timeout * 2)
@@ -631,7 +664,10 @@ class PoolService:
         ).where(Container.pool_state.is_in(["idle", "retiring", "warming"]))
         for row in rows:
             stale_warming = row["pool_state"] == "warming" and row["created_at"] < abandoned
-            if row["pool"] not in pooled and (row["pool_state"] != "warming" or stale_warming):
+            # A retiring member is still here when removing it failed, for example during an engine outage.
+            if row["pool_state"] == "retiring" or (
+                row["pool"] not in pooled and (row["pool_state"] != "warming" or stale_warming)
+            ):
                 await self._retire_any(row)
         stalled = await Container.select(Container.id, Container.docker_id, Container.pool, Container.pool_state).where(
             (Container.pool_state == "claimed") & (Container.claimed_at < utcnow() - timedelta(seconds=STALLED_CLAIM))
