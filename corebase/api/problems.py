@@ -106,7 +106,19 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
         "detail": exc.detail,
         "instance": request.url.path,
     }
+    if status == 413:
+        body.update(_too_large(request))
     return _problem(body, status, exc.headers)
+
+
+def _too_large(request: Request) -> dict[str, Any]:
+    """Name the body size limit, which Litestar's own 413 message leaves out."""
+    limit = request.app.request_max_body_size
+    return {
+        "detail": f"the request body is larger than the limit of {limit} bytes; send a smaller body, "
+        "or raise server.max_request_body (COREBASE_SERVER_MAX_REQUEST_BODY)",
+        "limit": limit,
+    }
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
