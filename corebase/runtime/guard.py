@@ -319,20 +319,6 @@ class EngineGuard:
             self.runtime.exec_stream(engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout)
         )
 
-    def exec_stream(
-        self,
-        engine_id: str,
-        command: builtins.list[str],
-        *,
-        env: dict[str, str] | None = None,
-        workdir: str | None = None,
-        user: str | None = None,
-        timeout: float | None = None,
-    ) -> AsyncIterator[LogChunk | ExecExit]:
-        return self._stream(
-            self.runtime.exec_stream(engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout)
-        )
-
     def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         return self._stream(self.runtime.logs(engine_id, options))
 
