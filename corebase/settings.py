@@ -100,6 +100,10 @@ class ContainerSettings(Section):
     """Host address that published ports bind to."""
     stop_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     """Seconds between the stop signal and SIGKILL when a request names no timeout."""
+    log_max_size: str = "10m"
+    """Size of one json-file log file of a container, in bytes or with a k/m/g suffix; the engine then starts a new file."""
+    log_max_files: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    """Log files kept per container, so a log keeps at most log_max_files times log_max_size of the latest output."""
 
 
 class QuotaSettings(Section):
@@ -311,6 +315,7 @@ SIZE_SETTINGS = {
     ("server", "max_request_body"),
     ("containers", "default_memory"),
     ("containers", "max_memory"),
+    ("containers", "log_max_size"),
     ("exec", "max_output"),
     ("quotas", "max_memory"),
     ("quotas", "max_container_memory"),

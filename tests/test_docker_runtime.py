@@ -113,7 +113,10 @@ async def names_with_label(docker: aiodocker.Docker, label: str) -> list[str]:
 def test_hook_builds_runtime_from_settings() -> None:
     settings = load_settings(
         environ={},
-        overrides={"docker": {"url": "unix:///tmp/cbtest.sock", "timeout": 7}, "containers": {"stop_timeout": 3}},
+        overrides={
+            "docker": {"url": "unix:///tmp/cbtest.sock", "timeout": 7},
+            "containers": {"stop_timeout": 3, "log_max_size": "2m", "log_max_files": 5},
+        },
     )
 
     runtime = corebase_runtime(settings)
@@ -123,6 +126,8 @@ def test_hook_builds_runtime_from_settings() -> None:
     assert runtime.url == "unix:///tmp/cbtest.sock"
     assert runtime.timeout == 7
     assert runtime.stop_timeout == 3
+    assert runtime.log_max_size == 2 * MiB
+    assert runtime.log_max_files == 5
 
 
 @engine
@@ -759,6 +764,15 @@ def test_create_body_from_spec() -> None:
     assert body["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
     assert body["HostConfig"]["Memory"] == body["HostConfig"]["MemorySwap"] == 128 * MiB
     assert "NanoCpus" not in body["HostConfig"]
+    assert body["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-size": str(10 * MiB), "max-file": "3"}}
+
+
+def test_create_body_log_limits() -> None:
+    spec = ContainerSpec(image="app:1", name="cbtest-body", labels={})
+
+    body = create_body(spec, stop_timeout=1, log_max_size=300 * MiB, log_max_files=1)
+
+    assert body["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-size": str(300 * MiB), "max-file": "1"}}
 
 
 def test_inspect_exit_code_only_after_exit() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 from corebase.runtime.types import ContainerSpec, HealthCheck, MountSpec, PortBinding
 
-# Each container's json-file log is capped at three files of 10 MiB, so a chatty container
-# cannot fill the engine's disk.
-LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+# The defaults of containers.log_max_size and containers.log_max_files.
+DEFAULT_LOG_MAX_SIZE = 10 * 1024 * 1024
+DEFAULT_LOG_MAX_FILES = 3
 
 
 def port_key(port: PortBinding) -> str:
@@ -25,14 +25,22 @@ def mount_body(mount: MountSpec) -> dict[str, Any]:
     return body
 
 
-def host_config(spec: ContainerSpec) -> dict[str, Any]:
-    """Return HostConfig: limits, capabilities, namespaces, published ports, mounts and logging."""
+def log_config(max_size: int, max_files: int) -> dict[str, Any]:
+    """Return HostConfig.LogConfig: a json-file log of at most `max_files` files of `max_size` bytes.
+
+    The cap keeps a chatty container from filling the engine's disk, and the oldest output goes.
+    """
+    return {"Type": "json-file", "Config": {"max-size": str(max_size), "max-file": str(max_files)}}
+
+
+def host_config(spec: ContainerSpec, log: dict[str, Any]) -> dict[str, Any]:
+    """Return HostConfig: limits, capabilities, namespaces, published ports, mounts and the `log` config."""
     config: dict[str, Any] = {
         "CapDrop": list(spec.cap_drop),
         "CapAdd": list(spec.cap_add),
         "SecurityOpt": list(spec.security_opt),
         "Privileged": spec.privileged,
-        "LogConfig": LOG_CONFIG,
+        "LogConfig": log,
     }
 
     if spec.memory is not None:
@@ -74,11 +82,18 @@ def device_body(device: str) -> dict[str, str]:
     return {"PathOnHost": host, "PathInContainer": container or host, "CgroupPermissions": permissions or "rwm"}
 
 
-def create_body(spec: ContainerSpec, *, stop_timeout: float) -> dict[str, Any]:
+def create_body(
+    spec: ContainerSpec,
+    *,
+    stop_timeout: float,
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE,
+    log_max_files: int = DEFAULT_LOG_MAX_FILES,
+) -> dict[str, Any]:
     """Return the create body for `spec`.
 
     `stop_timeout` becomes the container's StopTimeout, the grace period the engine uses when a
-    stop request names none. The engine takes whole seconds, so it is rounded up.
+    stop request names none. The engine takes whole seconds, so it is rounded up. The log keeps
+    at most `log_max_files` files of `log_max_size` bytes.
     """
     body: dict[str, Any] = {
         "Image": spec.image,
@@ -86,7 +101,7 @@ def create_body(spec: ContainerSpec, *, stop_timeout: float) -> dict[str, Any]:
         "Labels": dict(spec.labels),
         "Tty": spec.tty,
         "StopTimeout": math.ceil(stop_timeout),
-        "HostConfig": host_config(spec),
+        "HostConfig": host_config(spec, log_config(log_max_size, log_max_files)),
     }
 
     if spec.command is not None:
