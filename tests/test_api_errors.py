@@ -200,11 +200,11 @@ async def test_taken_host_port_is_a_conflict(api, test_image):
 async def test_log_parameters_that_match_nothing(api, test_image):
     record = (await start(api, test_image, command=["sleep", "600"])).json()
     both_off = await api.get("/api/runtime/logs", params={"containerId": record["id"], "stdout": "false", "stderr": "false"})
-    assert_problem(both_off, 400, "stdout")
+    assert_problem(both_off, 422, "stdout")
     reversed_window = await api.get(
         "/api/runtime/logs", params={"containerId": record["id"], "since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}
     )
-    assert_problem(reversed_window, 400, "until")
+    assert_problem(reversed_window, 422, "until")
     text = await api.get("/api/runtime/logs", params={"containerId": record["id"]})
     assert text.headers["content-type"] == "text/plain; charset=utf-8"
     await api.post("/api/runtime/remove", json={"containerId": record["id"], "force": True})

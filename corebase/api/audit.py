@@ -14,7 +14,7 @@ from litestar.params import QueryParameter
 from litestar.plugins import InitPlugin
 
 from corebase.api.audit_recorder import AuditRecorder
-from corebase.api.logs import check_window, parse_log_time
+from corebase.api.logs import TIME_PATTERN, check_window, parse_log_time
 from corebase.api.schemas import Offset
 from corebase.audit.chain import canonical_details
 from corebase.audit.log import OUTCOMES, AuditFilter, AuditLog, find_records
@@ -78,8 +78,13 @@ class AuditController(Controller):
         ] = None,
         outcome: Annotated[str | None, QueryParameter(enum=list(OUTCOMES))] = None,
         target: Annotated[str | None, QueryParameter(description="Target id, such as a container id")] = None,
-        start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339 time or Unix seconds")] = None,
-        end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339 time or Unix seconds, exclusive")] = None,
+        start: Annotated[
+            str | None, QueryParameter(name="from", description="RFC 3339 time or Unix seconds", pattern=TIME_PATTERN)
+        ] = None,
+        end: Annotated[
+            str | None,
+            QueryParameter(name="to", description="RFC 3339 time or Unix seconds, exclusive", pattern=TIME_PATTERN),
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Offset = 0,
     ) -> AuditPage:

@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from corebase.api.logs import check_window, parse_log_time, parse_tail
+from corebase.api.logs import TAIL_PATTERN, TIME_PATTERN, check_window, parse_log_time, parse_tail
 from corebase.api.openapi import ENGINE_STATUSES, problem_responses
 from corebase.api.records import container_record, stats_record, stored_stats_record
 from corebase.api.schemas import (
@@ -32,6 +32,7 @@ from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
 from corebase.errors import ContainerNotRunning, InvalidField
 from corebase.metrics import queries
+from corebase.metrics.queries import STEP_PATTERN
 from corebase.metrics.service import MonitorService
 from corebase.runtime.types import LogOptions
 
@@ -141,9 +142,11 @@ class RuntimeController(Controller):
         caller: CallerDependency,
         containers: ContainerServiceDependency,
         container_id: ContainerIdQuery,
-        tail: Annotated[str | None, QueryParameter(description="Number of lines from the end, or 'all'")] = None,
-        since: Annotated[str | None, QueryParameter(description="RFC 3339 time or Unix seconds")] = None,
-        until: Annotated[str | None, QueryParameter(description="RFC 3339 time or Unix seconds")] = None,
+        tail: Annotated[
+            str | None, QueryParameter(description="Number of lines from the end, or 'all'", pattern=TAIL_PATTERN)
+        ] = None,
+        since: Annotated[str | None, QueryParameter(description="RFC 3339 time or Unix seconds", pattern=TIME_PATTERN)] = None,
+        until: Annotated[str | None, QueryParameter(description="RFC 3339 time or Unix seconds", pattern=TIME_PATTERN)] = None,
         timestamps: FromQuery[bool] = False,
         stdout: FromQuery[bool] = True,
         stderr: FromQuery[bool] = True,
@@ -151,7 +154,7 @@ class RuntimeController(Controller):
         format: FromQuery[Literal["text", "ndjson"]] = "text",
     ) -> Stream:
         if not stdout and not stderr:
-            raise InvalidField("stdout", "stdout and stderr are both false; select at least one stream", status=400)
+            raise InvalidField("stdout", "stdout and stderr are both false; select at least one stream")
         options = LogOptions(
             stdout=stdout,
             stderr=stderr,
@@ -181,9 +184,18 @@ class RuntimeController(Controller):
         containers: ContainerServiceDependency,
         monitor: MonitorDependency,
         container_id: ContainerIdQuery,
-        start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339 time or Unix seconds; default one hour before to")] = None,
-        end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339 time or Unix seconds; default now")] = None,
-        step: Annotated[str | None, QueryParameter(description="Whole seconds per point, 1 to 2678400")] = None,
+        start: Annotated[
+            str | None,
+            QueryParameter(
+                name="from", description="RFC 3339 time or Unix seconds; default one hour before to", pattern=TIME_PATTERN
+            ),
+        ] = None,
+        end: Annotated[
+            str | None, QueryParameter(name="to", description="RFC 3339 time or Unix seconds; default now", pattern=TIME_PATTERN)
+        ] = None,
+        step: Annotated[
+            str | None, QueryParameter(description="Whole seconds per point, 1 to 2678400", pattern=STEP_PATTERN)
+        ] = None,
     ) -> StatsRecord | StatsHistory:
         if start is not None or end is not None or step is not None:
             row = await containers.find(caller, container_id, include_removed=True)

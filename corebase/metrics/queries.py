@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -21,6 +22,10 @@ MAX_POINTS = 10_000
 DEFAULT_POINTS = 300
 # The largest step, 31 days, in seconds.
 MAX_STEP = 31 * 86400
+# A step's syntax, also its OpenAPI pattern: a whole number of seconds from 1, at most seven digits.
+# A step that matches it but exceeds MAX_STEP is a 422.
+STEP_PATTERN = r"^([1-9][0-9]{0,6})?$"
+_STEP = re.compile(STEP_PATTERN)
 
 
 async def history(
@@ -37,7 +42,7 @@ async def history(
     finish = now if finish is None else finish
     begin = max(0.0, finish - 3600) if begin is None else begin
     if begin >= finish:
-        raise InvalidField("to", "to is not later than from; give a range that moves forward in time", status=400)
+        raise InvalidField("to", "to is not later than from; give a range that moves forward in time")
 
     span = finish - begin
     resolution = store.resolution_for(int(begin), now)
@@ -49,7 +54,7 @@ async def history(
     if span / seconds > MAX_POINTS:
         smallest = math.ceil(span / MAX_POINTS)
         raise InvalidField(
-            "step", f"step {seconds} gives more than {MAX_POINTS} points for this range; use {smallest} or more", status=400
+            "step", f"step {seconds} gives more than {MAX_POINTS} points for this range; use {smallest} or more"
         )
 
     resolution, points = await store.history(container_id, int(begin), math.ceil(finish), seconds, now)
@@ -65,8 +70,11 @@ async def history(
 
 def parse_step(value: str) -> int:
     """Read a step of whole seconds, from 1 second to 31 days."""
-    if not value.isdigit() or not 1 <= int(value) <= MAX_STEP:
-        raise InvalidField("step", f"step {value!r} is invalid; use a whole number of seconds from 1 to {MAX_STEP}", status=400)
+    problem = f"step {value!r} is invalid; use a whole number of seconds from 1 to {MAX_STEP}"
+    if not _STEP.fullmatch(value):
+        raise InvalidField("step", problem, status=400)
+    if int(value) > MAX_STEP:
+        raise InvalidField("step", problem)
     return int(value)
 
 
