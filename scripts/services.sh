@@ -21,7 +21,8 @@
 set -euo pipefail
 
 readonly HOST=127.0.0.1
-readonly PACKAGES=(postgresql redis-server docker-registry busybox-static runsc)
+# docker-compose only validates docker-compose.yml in the tests (`docker-compose config`); it starts nothing.
+readonly PACKAGES=(postgresql redis-server docker-registry busybox-static runsc docker-compose)
 # gVisor's runsc, registered with the Docker Engine for sandboxed containers. With --network=none a
 # sandboxed container has only a loopback interface, so gVisor's own network stack never has to
 # work with the engine's bridge networks.
