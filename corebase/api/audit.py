@@ -15,6 +15,7 @@ from litestar.plugins import InitPlugin
 
 from corebase.api.audit_recorder import AuditRecorder
 from corebase.api.logs import TIME_PATTERN, check_window, parse_log_time
+from corebase.api.openapi import problem_responses
 from corebase.api.schemas import Offset
 from corebase.audit.chain import canonical_details
 from corebase.audit.log import OUTCOMES, AuditFilter, AuditLog, find_records
@@ -68,7 +69,7 @@ class AuditController(Controller):
     tags = ["audit"]
 
     # opt["access"] = "admin" makes the role guard require an admin key. The handler checks it as well.
-    @get("/", summary="Audit records, newest first", opt={"access": "admin"})
+    @get("/", summary="Audit records, newest first", opt={"access": "admin"}, responses=problem_responses(422))
     async def list_records(
         self,
         caller: CallerDependency,

@@ -135,7 +135,7 @@ class RuntimeController(Controller):
         summary="Read or follow a container's logs",
         description="Plain text by default, exactly as the container wrote it; format=ndjson gives one JSON "
         "object per chunk with its stream. With follow=true the response streams until the container exits.",
-        responses=CONTAINER_PROBLEMS,
+        responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
     )
     async def logs(
         self,
@@ -176,7 +176,7 @@ class RuntimeController(Controller):
         description="Without from, to or step: the collector's latest sample when it is fresh, else a live "
         "reading (the container must be running). With any of them: the stored history in steps of step "
         "seconds, for running, stopped and removed containers alike.",
-        responses=CONTAINER_PROBLEMS,
+        responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
     )
     async def stats(
         self,

@@ -126,7 +126,8 @@ class TemplateController(Controller):
         state: State,
         caller: NamedDependency[Caller],
         name: FromPath[str],
-        version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        # Versions are stored in a 32-bit integer column, so no larger version can exist.
+        version: Annotated[int | None, QueryParameter(ge=1, le=2**31 - 1)] = None,
     ) -> TemplateRecord:
         catalog: TemplateCatalog = state.templates
         template = await catalog.get_visible(caller, name, version)
