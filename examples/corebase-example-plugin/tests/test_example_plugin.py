@@ -143,3 +143,13 @@ def wait_for_alerts(path, container_id: str) -> list[dict]:
         if matching or time.monotonic() > deadline:
             return matching
         time.sleep(0.2)
+
+
+def test_factory_server_takes_own_settings(corebase_server_factory):
+    server = corebase_server_factory.start({"COREBASE_PLUGINS_DISABLED": "corebase_example"})
+
+    with server.client() as client:
+        plugins = {plugin["name"] for plugin in client.get("/api/plugins").json()}
+
+    assert "corebase_example" not in plugins
+    assert "corebase_docker" in plugins
