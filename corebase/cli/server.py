@@ -1,4 +1,4 @@
-"""The `corebase` command: serve the API, apply database migrations or verify the audit log."""
+"""`corebase serve`, `corebase migrate` and `corebase audit verify`: the commands that run on the server's machine."""
 
 from __future__ import annotations
 
@@ -15,26 +15,25 @@ from corebase.settings import Settings, load_settings
 logger = logging.getLogger("corebase")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corebase", description="Self-hosted control plane for developer containers.")
-    parser.add_argument("--version", action="version", version=f"corebase {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add serve, migrate and audit verify, which work on the local settings and database."""
+    serve_parser = commands.add_parser("serve", help="run the API server")
+    _add_common(serve_parser)
+    serve_parser.add_argument("--host", help="address to listen on (default 127.0.0.1, setting server.host)")
+    serve_parser.add_argument("--port", type=int, help="TCP port to listen on (default 8420, setting server.port)")
+    serve_parser.set_defaults(run=run_server_command)
 
-    serve = commands.add_parser("serve", help="run the API server")
-    _add_common(serve)
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1, setting server.host)")
-    serve.add_argument("--port", type=int, help="TCP port to listen on (default 8420, setting server.port)")
-
-    migrate = commands.add_parser("migrate", help="apply pending database migrations and exit")
-    _add_common(migrate)
+    migrate_parser = commands.add_parser("migrate", help="apply pending database migrations and exit")
+    _add_common(migrate_parser)
+    migrate_parser.set_defaults(run=run_server_command)
 
     audit = commands.add_parser("audit", help="work with the audit log")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = audit_commands.add_parser(
-        "verify", help="check the audit log's hash chain; exit 1 naming the first broken record"
+        "verify", help="check the local audit log's hash chain; exit 1 naming the first broken record"
     )
     _add_common(verify)
-    return parser
+    verify.set_defaults(run=run_server_command)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +41,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="directory for the SQLite database and generated keys (setting server.data_dir)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_server_command(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides=_overrides(args))
         configure_logging(settings)
@@ -79,6 +77,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from corebase.app import create_app
+    from corebase.server import CoreBaseServer, run
 
     app = create_app(settings)
     logger.info("CoreBase %s listening on http://%s:%s", __version__, settings.server.host, settings.server.port)
@@ -93,8 +92,8 @@ def serve(settings: Settings) -> int:
         # Compressing every event for every WebSocket client costs more CPU and memory than it saves.
         ws_per_message_deflate=False,
     )
-    server = uvicorn.Server(config)
-    server.run()
+    server = CoreBaseServer(config, app)
+    run(server)
     # uvicorn exits quietly when start-up fails; report it as a failure to the shell.
     return 0 if server.started else 1
 
