@@ -30,12 +30,14 @@ from corebase.api.pools import PoolController
 from corebase.api.prometheus import PrometheusPlugin
 from corebase.api.ratelimit import RateLimitPlugin
 from corebase.api.quotas import QuotaController
+from corebase.api.reconcile import ReconcileController
 from corebase.api.runtime import RuntimeController
 from corebase.api.templates import TemplateController
 from corebase.api.system import SystemController
 from corebase.api.users import KeyController, UserController
 from corebase.auth.access import require_access
 from corebase.auth.keys import KeyVerifier, seed_admin_key
+from corebase.containers.reconciler import Reconciler
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError, PluginError
 from corebase.events.bus import EventBus
@@ -83,6 +85,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             UserController,
             KeyController,
             QuotaController,
+            ReconcileController,
             events_socket,
             logs_socket,
             *extra_routes,
@@ -177,12 +180,19 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         monitor = MonitorService(settings, runtime, context.collector, bus, containers, alerts=alerts)
         app.state.monitor = context.state["monitor"] = monitor
         await monitor.start()
+        # The first pass runs at once in the background, so start-up does not wait for the engine.
+        reconciler = Reconciler(settings, containers, bus, app.state.prometheus)
+        monitor.watcher.reconnect_callbacks.append(reconciler.wake)
+        app.state.reconciler = context.state["reconciler"] = reconciler
+        await reconciler.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
         yield
     except (ConfigError, PluginError) as exc:
         app.state.startup_error = str(exc)
         raise
     finally:
+        if "reconciler" in context.state:
+            await context.state["reconciler"].stop()
         if "monitor" in context.state:
             await context.state["monitor"].stop()
         if "alerts" in context.state:

@@ -24,7 +24,8 @@
         │   ├── ContainerNotRunning
         │   ├── ContainerRunning
         │   ├── PortInUse
-        │   └── TemplateInUse
+        │   ├── TemplateInUse
+        │   └── ReconcilerBusy     another API process runs reconciliation
         ├── RateLimited              429, the API key sent too many requests; has Retry-After
         ├── EngineError              502, the engine refused an operation
         │   └── ImagePullFailed
@@ -287,6 +288,18 @@ class TemplateInUse(Conflict):
             f"template {name!r} is used by {', '.join(users)}; remove those first or pass force=true",
             template=name,
             usedBy=users,
+        )
+
+
+class ReconcilerBusy(Conflict):
+    slug = "reconciler-busy"
+    title = "Another process reconciles"
+
+    def __init__(self, holder: str, interval: float) -> None:
+        super().__init__(
+            f"API process {holder} holds the reconciler lease and runs a pass every {interval:g} s; "
+            "send the request to that process, or wait for its next pass",
+            leaderProcess=holder,
         )
 
 

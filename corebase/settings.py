@@ -217,6 +217,15 @@ class PoolSettings(Section):
     """Pools created at start-up, by template name, for example [pool.pools.python] min_idle = 2."""
 
 
+class ReconcileSettings(Section):
+    interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    """Seconds between two reconciliation passes; passes also run at start-up and after the engine event stream reconnects."""
+    creating_grace: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    """Seconds a start may go without progress, or a pool claim take, before it counts as interrupted and its container is removed."""
+    orphans: Literal["remove", "adopt"] = "remove"
+    """What happens to a container of this installation that has no active row: "remove" it, or "adopt" it as a row owned by its corebase.owner label."""
+
+
 class AuthSettings(Section):
     admin_api_key: str = ""
     """Seed an admin API key with this value at start-up; empty generates one on first start."""
@@ -296,6 +305,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     templates: TemplateSettings = msgspec.field(default_factory=TemplateSettings)
     pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
+    reconcile: ReconcileSettings = msgspec.field(default_factory=ReconcileSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)

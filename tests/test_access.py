@@ -72,6 +72,8 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/quotas/{user:str}"): "admin",
     ("PUT", "/api/quotas/{user:str}"): "admin",
     ("DELETE", "/api/quotas/{user:str}"): "admin",
+    ("GET", "/api/admin/reconcile"): "admin",
+    ("POST", "/api/admin/reconcile"): "admin",
     ("WS", "/api/events"): "viewer",
     ("WS", "/api/runtime/logs/ws"): "viewer",
 }

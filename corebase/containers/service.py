@@ -26,7 +26,7 @@ from corebase.api.schemas import ExecRequest, StartRequest
 from corebase.auth.caller import Caller
 from corebase.containers.networks import network_labels, owner_network
 from corebase.containers.spec import LABEL_OWNER, build_spec
-from corebase.containers.tables import ACTIVE_STATUSES, Container
+from corebase.containers.tables import ACTIVE_STATUSES, Container, row_values
 from corebase.quotas.service import QuotaService
 from corebase.errors import (
     ApiError,
@@ -232,20 +232,32 @@ class ContainerService:
     async def launch(self, row: Container, spec: ContainerSpec) -> None:
         """Create and start the engine container for a `creating` row, then store its state.
 
-        On failure the engine container is removed, the row deleted or marked failed, and the error re-raised.
+        While the engine works, the row's `updated_at` is renewed, so the reconciler can tell this
+        start from one whose process died. On failure the engine container is removed, the row
+        deleted or marked failed, and the error re-raised.
         """
         engine_id = None
+        grace = self.settings.reconcile.creating_grace
         try:
-            await self._ensure_network(spec)
-            engine_id = await self.runtime.create(spec)
-            row.docker_id = engine_id
-            await self.runtime.start(engine_id)
-            state = await self.runtime.inspect(engine_id)
+            async with _recording_progress(row.id, every=grace / 3):
+                await self._ensure_network(spec)
+                engine_id = await self.runtime.create(spec)
+                row.docker_id = engine_id
+                await self.runtime.start(engine_id)
+                state = await self.runtime.inspect(engine_id)
         except BaseException as exc:
             await asyncio.shield(self._abandon(row, engine_id, exc))
             raise
+
         _apply_state(row, state)
-        await row.save()
+        if not await _save_if_creating(row):
+            # The reconciler took this start as interrupted and marked the row failed, so the
+            # container it would have stood for must go too.
+            await asyncio.shield(self._remove_quietly(row, engine_id))
+            raise EngineTimeout(
+                f"the start of container {row.id} made no progress for {grace:g} s (reconcile.creating_grace), "
+                "so it was taken as interrupted and its container removed; start it again"
+            )
 
     async def insert_creating(
         self,
@@ -310,12 +322,7 @@ class ContainerService:
     async def _abandon(self, row: Container, engine_id: str | None, exc: BaseException) -> None:
         """Undo a start that failed after its row was written."""
         if engine_id is not None:
-            try:
-                await self.runtime.remove(engine_id, force=True)
-            except ContainerNotFound:
-                pass
-            except Exception:
-                logger.exception("could not remove container %s (engine %s) after a failed start", row.id, engine_id)
+            await self._remove_quietly(row, engine_id)
 
         if engine_id is None or (isinstance(exc, ApiError) and exc.status < 500):
             await Container.delete().where(Container.id == row.id)
@@ -325,6 +332,15 @@ class ContainerService:
         row.updated_at = utcnow()
         await row.save()
         logger.warning("start of container %s failed: %s", row.id, row.error)
+
+    async def _remove_quietly(self, row: Container, engine_id: str) -> None:
+        """Remove the engine container of a failed start; a failure is logged, because the start's own error matters more."""
+        try:
+            await self.runtime.remove(engine_id, force=True)
+        except ContainerNotFound:
+            pass
+        except Exception:
+            logger.exception("could not remove container %s (engine %s) after a failed start", row.id, engine_id)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -597,6 +613,35 @@ def _visible_to(caller: Caller):
     if caller.is_admin:
         return unpooled
     return unpooled & (Container.owner == caller.user)
+
+
+@contextlib.asynccontextmanager
+async def _recording_progress(container_id: str, every: float) -> AsyncIterator[None]:
+    """Renew the `creating` row's `updated_at` every `every` seconds while the body runs."""
+    task = asyncio.create_task(_record_progress(container_id, every), name=f"corebase-progress-{container_id}")
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def _record_progress(container_id: str, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await Container.update({Container.updated_at: utcnow()}).where(
+                (Container.id == container_id) & (Container.status == "creating")
+            )
+        except Exception as exc:  # a database error; the next beat tries again
+            logger.warning("could not record the progress of starting container %s: %s", container_id, exc)
+
+
+async def _save_if_creating(row: Container) -> bool:
+    """Write every column of a started row, unless the stored row is no longer `creating`; return whether it was written."""
+    saved = await Container.update(row_values(row)).where((Container.id == row.id) & (Container.status == "creating")).returning(
+        Container.id
+    )
+    return bool(saved)
 
 
 def _write_transaction():

@@ -48,3 +48,8 @@ class Container(Table, tablename="containers"):
     isolation = Varchar(length=16, default="standard")
     # The engine network the container joined: its owner's CoreBase network, or "none".
     network = Varchar(length=128, null=True, default=None)
+
+
+def row_values(row: Container) -> dict:
+    """Map every column but the primary key to the row's value, for an UPDATE that writes the whole row."""
+    return {column: getattr(row, column._meta.name) for column in Container._meta.columns if not column._meta.primary_key}

@@ -8,7 +8,8 @@ from typing import Any
 
 import msgspec
 
-# Event types. Container lifecycle comes from the engine's event stream; metric samples from the
+# Event types. Container lifecycle comes from the engine's event stream, except
+# container.reconciled, which the reconciler sends for each repair; metric samples come from the
 # collector; alert changes from rule evaluation.
 CONTAINER_TYPES = (
     "container.created",
@@ -20,6 +21,7 @@ CONTAINER_TYPES = (
     "container.health",
     "container.paused",
     "container.unpaused",
+    "container.reconciled",
 )
 METRIC_TYPES = ("metric.sample",)
 ALERT_TYPES = ("alert.pending", "alert.firing", "alert.resolved")

@@ -64,6 +64,9 @@ class EngineWatcher:
         self.is_leader = is_leader
         self.reconnect_delay = reconnect_delay
         self.listeners: list[Listener] = []
+        # Called each time the stream is back after a loss, because events missed meanwhile may
+        # have left rows behind the engine (the reconciler's wake-up, for one).
+        self.reconnect_callbacks: list[Callable[[], None]] = []
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._since_ns: int | None = None
@@ -87,6 +90,9 @@ class EngineWatcher:
             try:
                 await self.runtime.info()
                 self.connected.set()
+                if self.reconnects:
+                    for callback in self.reconnect_callbacks:
+                        callback()
                 async for raw in self.runtime.events(MANAGED_LABELS, self._since_ns):
                     delay = self.reconnect_delay
                     await self._handle(raw)

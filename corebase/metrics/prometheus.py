@@ -27,6 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from corebase import __version__
+from corebase.containers.reconciler import REPAIR_KINDS
 from corebase.containers.tables import ACTIVE_STATUSES, Container
 from corebase.errors import EngineError, EngineTimeout, EngineUnavailable, ImagePullFailed
 from corebase.metrics.tables import RuntimeMetric
@@ -64,6 +65,14 @@ class PrometheusMetrics:
         )
         for error_class in ENGINE_ERROR_CLASSES:
             self.engine_errors.labels(error_class.__name__)
+        self.reconcile_repairs = Counter(
+            "corebase_reconcile_repairs",
+            "Differences between container rows and the engine that this process's reconciler repaired, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in REPAIR_KINDS:
+            self.reconcile_repairs.labels(kind)
         build = Info("corebase_build", "CoreBase and Python versions of this process.", registry=self.registry)
         build.info({"version": __version__, "python": platform.python_version()})
         ProcessCollector(registry=self.registry)

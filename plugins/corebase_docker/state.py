@@ -74,6 +74,7 @@ def state_from_inspect(container: Mapping[str, Any]) -> ContainerState:
     """
     state = container.get("State") or {}
     config = container.get("Config") or {}
+    host_config = container.get("HostConfig") or {}
     status = cast(EngineStatus, state.get("Status") or "created")
     finished_at = parse_timestamp(state.get("FinishedAt"))
     running = bool(state.get("Running")) or status in ("running", "paused", "restarting")
@@ -94,6 +95,8 @@ def state_from_inspect(container: Mapping[str, Any]) -> ContainerState:
         ports=published_ports(container),
         tty=bool(config.get("Tty")),
         health=(state.get("Health") or {}).get("Status") or None,
+        memory=host_config.get("Memory") or None,
+        nano_cpus=host_config.get("NanoCpus") or None,
     )
 
 
