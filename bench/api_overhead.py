@@ -54,6 +54,7 @@ from harness import (
     measure_pair,
     measure_starts,
     prepare_replay,
+    raw_exec,
     remove_run_containers,
     start_server,
     stop_server,
@@ -69,9 +70,6 @@ EXEC_OUTPUT = "hi\n"
 
 # Maximum ratio of API p50 to raw p50 for each operation.
 TARGETS = {"cold start": 1.15, "exec": 1.3}
-
-# Inspections of a finished exec before its missing exit code counts as an error.
-EXIT_CODE_ATTEMPTS = 100
 
 
 # --- the timed operations ------------------------------------------------------------------
@@ -97,23 +95,11 @@ class Bench(StartBench):
     async def raw_exec(self, engine_id: str) -> float:
         """Run EXEC_COMMAND through aiodocker the way a minimal client does, and check its output."""
         started = time.perf_counter_ns()
-        exec_ = await self.docker.containers.container(engine_id).exec(EXEC_COMMAND, stdout=True, stderr=True)
-        output = bytearray()
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            async with exec_.start(detach=False) as stream:
-                while (message := await stream.read_out()) is not None:
-                    output += message.data
-        # The engine may record the exit code a moment after the stream ends, so inspect again without waiting.
-        for _ in range(EXIT_CODE_ATTEMPTS):
-            info = await exec_.inspect()
-            if not info["Running"] and info["ExitCode"] is not None:
-                break
-        else:
-            raise RuntimeError(f"exec {exec_.id} reports no exit code after {EXIT_CODE_ATTEMPTS} inspections")
+        output, exit_code = await raw_exec(self.docker, engine_id, EXEC_COMMAND)
         duration = elapsed_ms(started)
-        if info["ExitCode"] != 0 or output.decode() != EXEC_OUTPUT:
+        if exit_code != 0 or output.decode() != EXEC_OUTPUT:
             raise RuntimeError(
-                f"raw exec returned exit code {info['ExitCode']} and output {bytes(output)!r}, "
+                f"raw exec returned exit code {exit_code} and output {output!r}, "
                 f"expected exit code 0 and {EXEC_OUTPUT!r}"
             )
         return duration

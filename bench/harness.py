@@ -46,6 +46,8 @@ SERVER_START_TIMEOUT = 60.0
 SERVER_STOP_TIMEOUT = 30.0
 # Seconds one API request, one engine request or one whole raw exec may take.
 REQUEST_TIMEOUT = 60.0
+# Inspections of a finished exec before its missing exit code counts as an error.
+EXIT_CODE_ATTEMPTS = 100
 
 # Config fields of an inspected container that the create endpoint takes back unchanged.
 # Hostname is left out because the engine derives it from the new container's id.
@@ -307,6 +309,25 @@ async def prepare_replay(bench: StartBench) -> list[str]:
     finally:
         await bench.api_remove(record["id"])
     return config_differences(api_inspected, raw_inspected)
+
+
+async def raw_exec(docker: aiodocker.Docker, engine_id: str, command: list[str]) -> tuple[bytes, int]:
+    """Run `command` through aiodocker the way a minimal client does; return its output and exit code.
+
+    The output is stdout and stderr together. Raises RuntimeError when the engine reports no exit code.
+    """
+    exec_ = await docker.containers.container(engine_id).exec(command, stdout=True, stderr=True)
+    output = bytearray()
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        async with exec_.start(detach=False) as stream:
+            while (message := await stream.read_out()) is not None:
+                output += message.data
+    # The engine may record the exit code a moment after the stream ends, so inspect again without waiting.
+    for _ in range(EXIT_CODE_ATTEMPTS):
+        info = await exec_.inspect()
+        if not info["Running"] and info["ExitCode"] is not None:
+            return bytes(output), info["ExitCode"]
+    raise RuntimeError(f"exec {exec_.id} reports no exit code after {EXIT_CODE_ATTEMPTS} inspections")
 
 
 # --- measurement loops ---------------------------------------------------------------------
