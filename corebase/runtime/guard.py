@@ -47,9 +47,9 @@ T = TypeVar("T")
 class EngineGuard:
     """Wraps `runtime`, tracks whether its engine responds, and rejects calls while it does not.
 
-    `available` is True until a call or a probe fails. `start_probe()` must run inside the event
-    loop before the engine can be marked up again after a failure; `stop_probe()` ends the probe
-    and the calls that were abandoned. `close()` also closes the wrapped runtime.
+    `available` is True until a call or a probe fails. Call `start_probe()` inside the event loop,
+    because only the probe marks the engine up again after a failure. `stop_probe()` ends the
+    probe and waits for the abandoned calls, and `close()` also closes the wrapped runtime.
     """
 
     def __init__(self, runtime: ContainerRuntime, *, probe_interval: float, probe_timeout: float) -> None:
@@ -67,6 +67,8 @@ class EngineGuard:
         self._wake = asyncio.Event()
         # Resolved when a probe fails, which aborts every call waiting on it. Recovery replaces it.
         self._outage: asyncio.Future[None] | None = None
+        # Resolved by end_followed_logs(), which ends followed log streams as if their containers had exited.
+        self._draining: asyncio.Future[None] | None = None
         self._probe_task: asyncio.Task | None = None
         # Calls given up on (by an outage or a cancelled caller) that are still finishing their clean-up.
         self._abandoned: set[asyncio.Task] = set()
@@ -164,6 +166,21 @@ class EngineGuard:
             self._outage = asyncio.get_running_loop().create_future()
         return self._outage
 
+    def _draining_future(self) -> asyncio.Future[None]:
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_future()
+        return self._draining
+
+    def end_followed_logs(self) -> None:
+        """End every followed log stream, open or opened later, as if its container had exited.
+
+        A server that shuts down calls this, because it waits for open responses to finish, and a
+        followed log runs for as long as its container does.
+        """
+        draining = self._draining_future()
+        if not draining.done():
+            draining.set_result(None)
+
     async def _call(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run one engine call unless the engine is down, and give up on it when a probe fails."""
         if not self.available:
@@ -200,12 +217,17 @@ class EngineGuard:
         if not call.cancelled() and call.exception() is not None:
             logger.debug("an abandoned engine call failed: %r", call.exception())
 
-    async def _stream(self, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+    async def _stream(self, stream: AsyncIterator[T], *, endless: bool = False) -> AsyncIterator[T]:
         """Yield from an engine stream, ending it with EngineUnavailable when a probe fails.
 
         One task reads the whole stream and hands items over one at a time, so the stream runs in
-        a single task, as timeouts held across its items require, and never reads far ahead.
+        a single task, as timeouts held across its items require, and never reads far ahead. An
+        `endless` stream also ends, without an error, once end_followed_logs() is called.
         """
+        draining = self._draining_future() if endless else None
+        if draining is not None and draining.done():
+            await _close(stream)
+            return
         if not self.available:
             await _close(stream)
             raise self.unavailable()
@@ -219,11 +241,16 @@ class EngineGuard:
                     await handover.put(item)
                 last: Any = _END
             except asyncio.CancelledError:
-                # Only a cancel caused by the outage is handed over, because after any other cancel
-                # no consumer reads the queue.
-                if consumer_gone or not outage.done():
+                # Only a cancel caused by the outage or by draining is handed over, because after
+                # any other cancel no consumer reads the queue.
+                if consumer_gone:
                     raise
-                last = self.unavailable()
+                if outage.done():
+                    last = self.unavailable()
+                elif draining is not None and draining.done():
+                    last = _END
+                else:
+                    raise
             except Exception as exc:
                 last = exc
             finally:
@@ -233,6 +260,8 @@ class EngineGuard:
         reader = asyncio.create_task(read(), name="corebase-engine-stream")
         abort = lambda _: reader.cancel()  # noqa: E731
         outage.add_done_callback(abort)
+        if draining is not None:
+            draining.add_done_callback(abort)
         try:
             while (item := await handover.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -242,6 +271,8 @@ class EngineGuard:
         finally:
             consumer_gone = True
             outage.remove_done_callback(abort)
+            if draining is not None:
+                draining.remove_done_callback(abort)
             if not reader.done():
                 reader.cancel()
                 # Cancelling only closes the stream's response, so this wait is short.
@@ -320,7 +351,7 @@ class EngineGuard:
         )
 
     def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
-        return self._stream(self.runtime.logs(engine_id, options))
+        return self._stream(self.runtime.logs(engine_id, options), endless=options.follow)
 
     def events(self, labels: dict[str, str], since_ns: int | None = None) -> AsyncIterator[RuntimeEvent]:
         return self._stream(self.runtime.events(labels, since_ns))
