@@ -339,6 +339,12 @@ class ContainerService:
             await self.runtime.remove(engine_id, force=True)
         except ContainerNotFound:
             pass
+        except (EngineUnavailable, EngineTimeout) as exc:
+            # Expected while the engine is down, so no traceback. The reconciler finds the container later.
+            logger.warning(
+                "could not remove container %s (engine %s) after a failed start, because the engine cannot be "
+                "reached: %s", row.id, engine_id, exc,
+            )
         except Exception:
             logger.exception("could not remove container %s (engine %s) after a failed start", row.id, engine_id)
 
