@@ -80,6 +80,8 @@ from support.images import ensure_test_image
 # Prints a line a second, so logs have output, and exits at once on SIGTERM, so a stop does not
 # wait for the grace period. `sleep & wait` lets the shell run the trap while it waits.
 CONTAINER_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do echo tick; sleep 1 & wait; done"]
+# The only lines the container writes. Right after a start its log may still be empty.
+LOG_LINES = {"ready", "tick"}
 EXEC_COMMAND = ["echo", "soak"]
 EXEC_OUTPUT = "soak\n"
 LOG_TAIL = 10
@@ -150,6 +152,12 @@ async def timed(tally: Tally, operation: str, action: Callable[[], Awaitable[Any
     raise failure
 
 
+def check_log_lines(lines: list[str]) -> None:
+    """Check that a log read returned at most LOG_TAIL lines, each one the container writes."""
+    if len(lines) > LOG_TAIL or not set(lines) <= LOG_LINES:
+        raise Unexpected("wrong output", f"logs returned {lines[:LOG_TAIL + 1]!r}")
+
+
 def check_status(response: httpx.Response, expected: int) -> httpx.Response:
     if response.status_code != expected:
         raise Unexpected(f"status {response.status_code}", response.text)
@@ -181,8 +189,7 @@ class ApiLife:
 
     async def logs(self, container_id: str) -> None:
         response = await self.client.get("/api/runtime/logs", params={"containerId": container_id, "tail": LOG_TAIL})
-        if "ready" not in check_status(response, 200).text and "tick" not in response.text:
-            raise Unexpected("wrong output", f"logs returned {response.text[:200]!r}")
+        check_log_lines(check_status(response, 200).text.splitlines())
 
     async def stats(self, container_id: str) -> None:
         response = await self.client.get("/api/runtime/stats", params={"containerId": container_id})
@@ -229,8 +236,7 @@ class RawLife:
 
     async def logs(self, engine_id: str) -> None:
         lines = await self.docker.containers.container(engine_id).log(stdout=True, stderr=True, tail=LOG_TAIL)
-        if not lines:
-            raise Unexpected("wrong output", "raw logs returned nothing")
+        check_log_lines([line.rstrip("\n") for line in lines])
 
     async def stats(self, engine_id: str) -> None:
         await self.docker._query_json(f"containers/{engine_id}/stats", params={"stream": False, "one-shot": True})
