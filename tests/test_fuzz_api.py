@@ -13,8 +13,9 @@ under test serves the same document at /schema/openapi.json.
 NOTE: schemathesis.pytest.from_fixture, which could load the document from the server, fails on
 pytest 9.2 because it sets `Function._nodeid`, which pytest no longer has.
 
-The run is bounded for CI. COREBASE_FUZZ_EXAMPLES sets the generated requests per operation and
-phase (default 5), for example 200 for a longer local run.
+The run is bounded for CI. COREBASE_FUZZ_EXAMPLES sets how many requests the fuzzing phase generates
+per operation (default 5), for example 200 for a longer local run; the coverage phase adds its
+boundary values either way.
 """
 
 from __future__ import annotations
