@@ -67,8 +67,6 @@ JSON_COLUMNS = ("command", "labels", "ports", "pending_credentials")
 # Seconds the manager waits after the last claim before it starts replacements. Starting a
 # container keeps the engine busy, which slows claims that arrive in the same moment.
 REFILL_DELAY = 0.3
-# Seconds after which a member still marked "claimed" belongs to a claim whose process died.
-STALLED_CLAIM = 60.0
 # Idle members the claim tries before it gives up and falls back to a cold start.
 CLAIM_ATTEMPTS = 3
 
@@ -316,7 +314,11 @@ class PoolService:
             row.source = "pool"
             row.updated_at = utcnow()
             row.claim_ms = (time.perf_counter() - began) * 1000
-            await self._finish_claim(row)
+            if not await self._finish_claim(row):
+                # The claim took longer than reconcile.creating_grace, so the manager took it as
+                # abandoned and removes the member. Another member, or a cold start, serves the request.
+                logger.warning("claim of pool member %s by %s lost the member to the manager; trying again", row.id, caller.user)
+                continue
             self.refill_soon()
             logger.info("claimed container %s from pool %s for %s in %.1f ms", row.id, template.name, caller.user, row.claim_ms)
             return Started(row, credentials)
@@ -327,9 +329,9 @@ class PoolService:
         """Tell whether a request needs nothing that a running pool member cannot give."""
         return _poolable(request)
 
-    async def _finish_claim(self, row: Container) -> None:
-        """Hand the taken member to its caller; only columns the claim changes are written."""
-        await Container.update(
+    async def _finish_claim(self, row: Container) -> bool:
+        """Hand the taken member to its caller, writing only the columns a claim changes; return whether it was still taken."""
+        finished = await Container.update(
             {
                 Container.owner: row.owner,
                 Container.name: row.name,
@@ -342,7 +344,8 @@ class PoolService:
                 Container.claim_ms: row.claim_ms,
                 Container.network: row.network,
             }
-        ).where((Container.id == row.id) & (Container.pool_state == "claimed"))
+        ).where((Container.id == row.id) & (Container.pool_state == "claimed")).returning(Container.id)
+        return bool(finished)
 
     async def _check_name_free(self, name: str) -> None:
         check_name(name)
@@ -670,7 +673,8 @@ class PoolService:
             ):
                 await self._retire_any(row)
         stalled = await Container.select(Container.id, Container.docker_id, Container.pool, Container.pool_state).where(
-            (Container.pool_state == "claimed") & (Container.claimed_at < utcnow() - timedelta(seconds=STALLED_CLAIM))
+            (Container.pool_state == "claimed")
+            & (Container.claimed_at < utcnow() - timedelta(seconds=self.settings.reconcile.creating_grace))
         )
         for row in stalled:
             logger.warning("pool member %s of %s was taken by a claim that never finished; removing it", row["id"], row["pool"])
