@@ -41,6 +41,7 @@ from corebase.containers.reconciler import Reconciler
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError, PluginError
 from corebase.events.bus import EventBus
+from corebase.idempotency import IdempotencyService
 from corebase.installation import installation_id
 from corebase.metrics.service import MonitorService
 from corebase.plugins import (
@@ -95,6 +96,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             "containers": Provide(_provide_containers, sync_to_thread=False),
             "monitor": Provide(_provide_monitor, sync_to_thread=False),
             "alerts": Provide(_provide_alerts, sync_to_thread=False),
+            "idempotency": Provide(_provide_idempotency, sync_to_thread=False),
         },
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
         # One guard checks the caller's role and key scopes on every route; see corebase.auth.access.
@@ -146,6 +148,10 @@ def _provide_alerts(state: State) -> AlertService:
     return state.alerts
 
 
+def _provide_idempotency(state: State) -> IdempotencyService:
+    return state.idempotency
+
+
 @asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     context: AppContext = app.state.context
@@ -173,6 +179,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.containers = context.state["containers"] = containers
         app.state.pools = context.state["pools"] = pools
         await pools.start()
+        idempotency = IdempotencyService(settings.idempotency)
+        app.state.idempotency = context.state["idempotency"] = idempotency
+        idempotency.start()
 
         alerts = AlertService(settings, bus, context.notifiers)
         app.state.alerts = context.state["alerts"] = alerts
@@ -199,6 +208,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
             await context.state["alerts"].stop()
         if "pools" in context.state:
             await context.state["pools"].stop()
+        if "idempotency" in context.state:
+            await context.state["idempotency"].stop()
         if "bus" in context.state:
             await bus.stop()
         await runtime.stop_probe()

@@ -5,7 +5,8 @@
     ├── PluginError                  a plugin failed validation; stops start-up
     └── ApiError                     reaches a client as RFC 9457 problem details
         ├── InvalidField             400/422, names the field and the fix
-        │   └── ContainerStartRejected   the engine could not run the spec (bad command, user, ...)
+        │   ├── ContainerStartRejected   the engine could not run the spec (bad command, user, ...)
+        │   └── IdempotencyKeyReused     422, the Idempotency-Key was sent with another request
         ├── Unauthorized             401
         ├── Forbidden                403
         │   ├── PolicyDenied         403, with every policy's reasons
@@ -21,6 +22,7 @@
         │   └── KeyNotFound
         ├── Conflict                 409
         │   ├── NameInUse
+        │   ├── IdempotencyKeyInProgress   the first request with the Idempotency-Key still runs
         │   ├── ContainerNotRunning
         │   ├── ContainerRunning
         │   ├── PortInUse
@@ -106,6 +108,22 @@ class ContainerStartRejected(InvalidField):
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(field, f"the engine could not start the container: {reason}; check '{field}'")
+
+
+class IdempotencyKeyReused(InvalidField):
+    """An Idempotency-Key came again with a different request; `containerId` names what the first one started."""
+
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused"
+
+    def __init__(self, key: str, container_id: str | None) -> None:
+        started = f", which started container {container_id}" if container_id else ""
+        super().__init__(
+            "Idempotency-Key",
+            f"Idempotency-Key {key!r} was already used for a different request{started}; send a new key for "
+            "a new request, or repeat the first request exactly to get its response again",
+            containerId=container_id,
+        )
 
 
 class Unauthorized(ApiError):
@@ -241,6 +259,20 @@ class NameInUse(Conflict):
             detail or f"the container name {name!r} is already in use; choose another name or remove that container",
             name=name,
         )
+
+
+class IdempotencyKeyInProgress(Conflict):
+    """The first request with this Idempotency-Key has not finished; Retry-After gives the seconds to wait."""
+
+    slug = "idempotency-key-in-progress"
+    title = "Request with this idempotency key in progress"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"a request with Idempotency-Key {key!r} is still running; retry in a moment to get its response",
+            field="Idempotency-Key",
+        )
+        self.headers["Retry-After"] = "1"
 
 
 class ContainerNotRunning(Conflict):

@@ -10,6 +10,7 @@ from corebase.alerts.tables import Alert, AlertDelivery, AlertRule
 from corebase.audit.tables import AuditRecord
 from corebase.auth.tables import ApiKey, User
 from corebase.containers.tables import Container
+from corebase.idempotency.tables import IdempotencyKey
 from corebase.installation import Installation
 from corebase.leases import Lease
 from corebase.metrics.tables import RuntimeMetric
@@ -17,7 +18,7 @@ from corebase.pool.tables import Pool
 from corebase.quotas.tables import UserQuota
 from corebase.templates.tables import ContainerTemplate
 
-TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease, AlertRule, Alert, AlertDelivery, User, AuditRecord, Installation]
+TABLES = [Container, ContainerTemplate, RuntimeMetric, UserQuota, ApiKey, Pool, Lease, AlertRule, Alert, AlertDelivery, User, AuditRecord, Installation, IdempotencyKey]
 
 
 def migrations_folder() -> Path:

@@ -134,6 +134,11 @@ class ExecSettings(Section):
     """Largest timeout an exec request may ask for, in seconds."""
 
 
+class IdempotencySettings(Section):
+    key_ttl: Annotated[float, msgspec.Meta(ge=1, le=30 * 86400)] = 86400.0
+    """Seconds a start's Idempotency-Key and its stored response are kept; a later retry starts a new container."""
+
+
 class StatsSettings(Section):
     sample_interval: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.5
     """Seconds between the two readings taken when no earlier reading of a container is kept."""
@@ -298,6 +303,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
     quotas: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
     exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
+    idempotency: IdempotencySettings = msgspec.field(default_factory=IdempotencySettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)

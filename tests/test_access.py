@@ -33,6 +33,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/runtime/restart"): "developer",
     ("POST", "/api/runtime/remove"): "developer",
     ("POST", "/api/runtime/exec"): "developer",
+    ("POST", "/api/runtime/exec/stream"): "developer",
     ("GET", "/api/runtime/containers"): "viewer",
     ("GET", "/api/runtime/containers/{container_id:str}"): "viewer",
     ("GET", "/api/runtime/logs"): "viewer",

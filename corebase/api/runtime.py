@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from litestar import Controller, MediaType, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
+from corebase.api.idempotency import REPLAY_HEADER_SPEC, IdempotencyKeyHeader, start_response
 from corebase.api.logs import TAIL_PATTERN, TIME_PATTERN, check_window, parse_log_time, parse_tail
 from corebase.api.openapi import ENGINE_STATUSES, problem_responses
 from corebase.api.records import container_record, stats_record, stored_stats_record
@@ -31,6 +32,7 @@ from corebase.api.streams import NDJSON, ndjson_exec, ndjson_output, raw_output
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
 from corebase.errors import ContainerNotRunning, InvalidField
+from corebase.idempotency import IdempotencyService
 from corebase.metrics import queries
 from corebase.metrics.queries import STEP_PATTERN
 from corebase.metrics.service import MonitorService
@@ -39,6 +41,7 @@ from corebase.runtime.types import LogOptions
 CallerDependency = NamedDependency[Caller]
 ContainerServiceDependency = NamedDependency[ContainerService]
 MonitorDependency = NamedDependency[MonitorService]
+IdempotencyDependency = NamedDependency[IdempotencyService]
 ContainerIdQuery = Annotated[str, QueryParameter(name="containerId", description="CoreBase container id or name")]
 # Problem statuses of the handlers that act on one container: missing, in the wrong state, or an engine failure.
 CONTAINER_PROBLEMS = problem_responses(404, 409, *ENGINE_STATUSES)
@@ -52,11 +55,23 @@ class RuntimeController(Controller):
         "/start",
         status_code=HTTP_201_CREATED,
         summary="Create and start a container",
+        description="With an Idempotency-Key header, a retry of the same request returns the first response, "
+        "marked Idempotent-Replayed: true, instead of starting another container. The same key with another body "
+        "is a 422, and a retry while the first request runs a 409. Only a 201 is stored: after an error the key "
+        "is free again. Keys belong to their user and are kept for idempotency.key_ttl seconds.",
         responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
+        response_headers=[REPLAY_HEADER_SPEC],
     )
-    async def start(self, data: JSONBody[StartRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
-        started = await containers.start(caller, data)
-        return container_record(started.row, credentials=started.credentials)
+    async def start(
+        self,
+        request: Request,
+        data: JSONBody[StartRequest],
+        caller: CallerDependency,
+        containers: ContainerServiceDependency,
+        idempotency: IdempotencyDependency,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[ContainerRecord]:
+        return await start_response(request, data, caller, containers, idempotency, idempotency_key)
 
     @post(
         "/stop",

@@ -1,0 +1,63 @@
+"""The Idempotency-Key header of POST /api/runtime/start: its parameter, and the start that honours it.
+
+Without the header a start runs as before. With it, `corebase.idempotency` makes sure that one
+key of one user starts at most one container, and that a retry gets the first response again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.datastructures import ResponseHeader
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED
+
+from corebase.api.records import container_record
+from corebase.api.schemas import ContainerRecord, StartRequest
+from corebase.auth.caller import Caller
+from corebase.containers.service import ContainerService
+from corebase.idempotency import HEADER, REPLAY_HEADER, IdempotencyService, check_key, fingerprint
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Parameter(
+        header=HEADER,
+        required=False,
+        description="A unique value per start, such as a UUID. A retry with the same key and body returns the "
+        "first response instead of starting another container; the same key with another body is a 422.",
+        schema_extra={"minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    ),
+]
+
+REPLAY_HEADER_SPEC = ResponseHeader(
+    name=REPLAY_HEADER,
+    description='"true" when the response is the stored one of an earlier request with the same Idempotency-Key',
+    documentation_only=True,
+)
+
+
+async def start_response(
+    request: Request,
+    data: StartRequest,
+    caller: Caller,
+    containers: ContainerService,
+    idempotency: IdempotencyService,
+    key: str | None,
+) -> Response[ContainerRecord]:
+    """Start a container, or, for a key seen before, return the response stored for it."""
+    if key is None:
+        started = await containers.start(caller, data)
+        return Response(container_record(started.row, credentials=started.credentials), status_code=HTTP_201_CREATED)
+
+    async def start_once() -> tuple[int, bytes, str]:
+        started = await containers.start(caller, data)
+        body = msgspec.json.encode(container_record(started.row, credentials=started.credentials))
+        return HTTP_201_CREATED, body, started.row.id
+
+    outcome = await idempotency.run(
+        caller.user, check_key(key), fingerprint(request.method, request.url.path, data), start_once
+    )
+    headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
+    return Response(outcome.body, status_code=outcome.status, media_type=MediaType.JSON, headers=headers)
