@@ -401,8 +401,9 @@ class ContainerService:
         except (EngineUnavailable, EngineTimeout) as exc:
             logger.warning("could not refresh container %s from the engine: %s", row.id, exc)
             return
+        read_status = row.status
         if _apply_state(row, state):
-            await row.save()
+            await _save_state(row, read_status)
 
     async def _refresh_many(self, rows: list[Container]) -> None:
         live = [row for row in rows if row.status in LIVE_STATUSES and row.docker_id]
@@ -471,8 +472,9 @@ class ContainerService:
         except ContainerNotFound:
             await self._mark_gone(row)
             return
+        read_status = row.status
         _apply_state(row, state)
-        await row.save()
+        await _save_state(row, read_status)
 
     # --- exec, logs, stats -------------------------------------------------------------------
 
@@ -655,6 +657,33 @@ def _write_transaction():
     if isinstance(engine, SQLiteEngine):
         return engine.transaction(transaction_type=TransactionType.immediate)
     return engine.transaction()
+
+
+async def _save_state(row: Container, read_status: str) -> bool:
+    """Write the engine state that `_apply_state` copied onto `row`, unless its status changed meanwhile.
+
+    A refresh reads the row, then waits for the engine. A remove or stop that another request
+    finishes in that time must not be undone by the older state (a removed row that became
+    `exited` again, with no engine container). Only the columns the engine state sets are written,
+    so a claim's new owner and name stay. Returns whether the row was written.
+    """
+    columns = (
+        Container.status,
+        Container.exit_code,
+        Container.oom_killed,
+        Container.started_at,
+        Container.finished_at,
+        Container.ports,
+        Container.error,
+        Container.updated_at,
+    )
+    values = {column: getattr(row, column._meta.name) for column in columns}
+    written = await (
+        Container.update(values)
+        .where((Container.id == row.id) & (Container.status == read_status))
+        .returning(Container.id)
+    )
+    return bool(written)
 
 
 def _apply_state(row: Container, state: ContainerState) -> bool:
