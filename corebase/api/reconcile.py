@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import msgspec
 from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -82,23 +83,4 @@ class ReconcileController(Controller):
 
 
 def report_record(report: ReconcileReport) -> ReconcileReportRecord:
-    return ReconcileReportRecord(
-        process=report.process,
-        started_at=report.started_at,
-        finished_at=report.finished_at,
-        repairs=[
-            RepairRecord(
-                kind=repair.kind,
-                container_id=repair.container_id,
-                engine_id=repair.engine_id,
-                owner=repair.owner,
-                project_id=repair.project_id,
-                template=repair.template,
-                previous_status=repair.previous_status,
-                status=repair.status,
-                detail=repair.detail,
-            )
-            for repair in report.repairs
-        ],
-        error=report.error,
-    )
+    return msgspec.convert(report, ReconcileReportRecord, from_attributes=True)
