@@ -211,6 +211,25 @@ def test_logs_follow_until_exit(user_env, test_image):
         corebase("containers", "rm", "-f", container, env=user_env)
 
 
+def test_closed_pipe_ends_quietly(user_env, test_image):
+    container = start_container(user_env, test_image, "sh", "-c", "seq 1 200000; exec sleep 600")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "corebase", "containers", "logs", "-f", container],
+            env=user_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # The reader takes one line and goes away, as `| head -1` does.
+        assert process.stdout.readline() == b"1\n"
+        process.stdout.close()
+        assert process.wait(timeout=60) == 0
+        assert b"Traceback" not in process.stderr.read()
+        process.stderr.close()
+    finally:
+        corebase("containers", "rm", "-f", container, env=user_env)
+
+
 def test_start_options_reach_the_container(user_env, test_image):
     name = "cli-" + secrets.token_hex(3)
     result = corebase(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import msgspec
 
@@ -123,7 +124,7 @@ def port_mapping(text: str) -> tuple[str, int | None]:
     return container, int(host) if host else None
 
 
-def run_start(context: Context) -> int | None:
+def run_start(context: Context) -> None:
     args = context.args
     image, cmd = args.image, args.cmd
     if args.template and image:
@@ -158,31 +159,32 @@ def run_start(context: Context) -> int | None:
     context.out.result(record, human)
 
 
-def run_ls(context: Context) -> int | None:
+def run_ls(context: Context) -> None:
     args = context.args
     containers = context.client.containers
+    filters = {"project_id": args.project, "status": args.status, "limit": args.limit, "offset": args.offset}
     if args.all:
-        items = list(containers.iterate(project_id=args.project, status=args.status, limit=args.limit, offset=args.offset))
-        page = {"items": items, "total": args.offset + len(items), "limit": len(items), "offset": args.offset}
+        items = list(containers.iterate(**filters))
+        total = args.offset + len(items)
+        response: Any = {"items": items, "total": total, "limit": len(items), "offset": args.offset}
     else:
-        result = containers.list(project_id=args.project, status=args.status, limit=args.limit, offset=args.offset)
-        items, page = result.items, result
+        response = containers.list(**filters)
+        items, total = response.items, response.total
 
     def human() -> None:
         context.out.table(items, CONTAINER_COLUMNS, empty="no containers")
-        shown_to = args.offset + len(items)
-        if not args.all and shown_to < page.total:
-            context.out.note(f"{len(items)} of {page.total} shown; --all lists every page")
+        if args.offset + len(items) < total:
+            context.out.note(f"{len(items)} of {total} shown; --all lists every page")
 
-    context.out.result(page, human)
+    context.out.result(response, human)
 
 
-def run_inspect(context: Context) -> int | None:
+def run_inspect(context: Context) -> None:
     record = context.client.containers.get(context.args.container)
     context.out.result(record, lambda: context.out.fields(record))
 
 
-def run_exec(context: Context) -> int | None:
+def run_exec(context: Context) -> int:
     args = context.args
     words = _command(args.cmd)
     if not words:
@@ -204,7 +206,7 @@ def run_exec(context: Context) -> int | None:
     return result.exit_code
 
 
-def run_logs(context: Context) -> int | None:
+def run_logs(context: Context) -> None:
     args = context.args
     chunks = context.client.containers.logs(
         args.container, follow=args.follow, tail=args.tail, since=args.since, until=args.until, timestamps=args.timestamps
@@ -221,19 +223,19 @@ def run_logs(context: Context) -> int | None:
         stream.flush()
 
 
-def run_stop(context: Context) -> int | None:
+def run_stop(context: Context) -> None:
     with context.out.waiting("Stopping the container"):
         record = context.client.containers.stop(context.args.container, timeout=context.args.timeout)
     context.out.result(record, lambda: context.out.line(record.id))
 
 
-def run_restart(context: Context) -> int | None:
+def run_restart(context: Context) -> None:
     with context.out.waiting("Restarting the container"):
         record = context.client.containers.restart(context.args.container, timeout=context.args.timeout)
     context.out.result(record, lambda: context.out.line(record.id))
 
 
-def run_rm(context: Context) -> int | None:
+def run_rm(context: Context) -> None:
     record = context.client.containers.remove(context.args.container, force=context.args.force)
     context.out.result(record, lambda: context.out.line(record.id))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable
 from functools import cached_property
 
@@ -66,6 +68,11 @@ def run(handler: Handler, args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout, such as `head`, has exited. Point stdout at /dev/null, so that
+        # flushing it again at exit does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     finally:
         if "client" in context.__dict__:
             context.client.close()

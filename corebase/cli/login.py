@@ -44,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     command(logout, run_logout)
 
 
-def run_login(context: Context) -> int | None:
+def run_login(context: Context) -> int:
     args = context.args
     name = check_profile_name(args.profile)
     stored = load_profiles().get(name)
@@ -78,7 +78,7 @@ def _read_key(url: str) -> str:
     return getpass.getpass(f"API key for {url}: ").strip()
 
 
-def run_logout(context: Context) -> int | None:
+def run_logout(context: Context) -> int:
     name = context.args.profile
     removed = remove_profile(check_profile_name(name))
     summary = {"profile": name, "removed": removed}

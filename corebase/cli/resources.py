@@ -93,7 +93,7 @@ def _register_templates(commands: argparse._SubParsersAction, options: argparse.
     command(create, run_template_create)
 
 
-def run_template_create(context: Context) -> int | None:
+def run_template_create(context: Context) -> None:
     record = context.client.templates.create(read_document(context.args.file))
     context.out.result(record, lambda: context.out.note(f"Created template {record.name!r} version {record.version}"))
 
@@ -147,7 +147,7 @@ def _register_pools(commands: argparse._SubParsersAction, options: argparse.Argu
     command(rm, run_pool_rm)
 
 
-def run_pool_set(context: Context) -> int | None:
+def run_pool_set(context: Context) -> None:
     args, pools = context.args, context.client.pools
     # The API replaces a pool's whole configuration, so carry over what the command leaves out.
     options = ("min_idle", "max_idle", "max_total", "idle_ttl")
@@ -162,7 +162,7 @@ def run_pool_set(context: Context) -> int | None:
     _show(context, pools.set(args.template, **configuration))
 
 
-def run_pool_rm(context: Context) -> int | None:
+def run_pool_rm(context: Context) -> None:
     context.client.pools.delete(context.args.template)
     _done(context, {"template": context.args.template, "deleted": True}, f"Deleted the pool of {context.args.template!r}")
 
@@ -221,7 +221,7 @@ def _register_keys(commands: argparse._SubParsersAction, options: argparse.Argum
     command(revoke, lambda context: _show(context, context.client.keys.revoke(context.args.key_id)))
 
 
-def run_key_create(context: Context) -> int | None:
+def run_key_create(context: Context) -> None:
     args = context.args
     record = context.client.keys.create(args.name, scopes=args.scopes, expires_in=args.expires_in, user=args.user)
 

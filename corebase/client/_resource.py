@@ -26,16 +26,18 @@ class Resource(Generic[S]):
     """A group of API methods, such as `containers`, bound to one client's session."""
 
     def __init__(self, session: S) -> None:
-        self._session = session
+        self._session: S = session
 
 
 class _Method(Generic[P, T]):
     # The session method that runs the built call: "send", "stream" or "pages".
     runner = ""
+    __name__: str
 
     def __init__(self, build: Callable[Concatenate[Any, P], Any]) -> None:
         self._build = build
-        functools.update_wrapper(self, build)
+        self.__name__ = build.__name__
+        self.__doc__ = build.__doc__
 
     def _bind(self, resource: Resource[Any]) -> Callable[..., Any]:
         build = self._build

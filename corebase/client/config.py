@@ -1,6 +1,6 @@
 """Client configuration: the server URL and API key, and the profile file that `corebase login` writes.
 
-Resolution, first match wins:
+The URL and the key each come from the first of these sources that has them:
 
 1. the `url` and `api_key` arguments;
 2. the profile named by the `profile` argument (the CLI's `--profile`), which must exist;
