@@ -229,7 +229,7 @@ async def test_create_hardened_spec(runtime: DockerRuntime, new_spec: SpecFactor
     assert host_config["Privileged"] is False
     assert host_config["PortBindings"]["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
     assert host_config["PortBindings"]["9090/udp"] == [{"HostIp": "127.0.0.1", "HostPort": ""}]
-    assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
+    assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": str(10 * MiB)}}
     assert "GREETING=hello world" in raw["Config"]["Env"]
     assert raw["Config"]["WorkingDir"] == "/tmp"
 
