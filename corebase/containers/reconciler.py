@@ -350,7 +350,7 @@ class _Pass:
         detail = "the container no longer exists in the engine"
         updated = await Container.update(
             {Container.status: "removed", Container.error: detail, Container.removed_at: now, Container.updated_at: now}
-        ).where((Container.id == row.id) & (Container.status == row.status)).returning(Container.id)
+        ).where(_unchanged(row.id, row.status, row.updated_at)).returning(Container.id)
         if updated:
             self._record(_row_repair("gone", row, row.docker_id, "removed", detail))
 
@@ -360,6 +360,7 @@ class _Pass:
         else:
             detail = f"the row named engine container {row.docker_id} and the engine has {state.engine_id}"
         repair = _row_repair("drifted", row, state.engine_id, state.status, detail)
+        read_at = row.updated_at
         moved = row.docker_id != state.engine_id
         row.docker_id = state.engine_id
         if not _apply_state(row, state) and not moved:
@@ -368,7 +369,7 @@ class _Pass:
         row.updated_at = utcnow()
         values = {column: getattr(row, column._meta.name) for column in STATE_COLUMNS}
         updated = await Container.update(values).where(
-            (Container.id == row.id) & (Container.status == repair.previous_status)
+            _unchanged(row.id, repair.previous_status, read_at)
         ).returning(Container.id)
         if updated:
             self._record(repair)
@@ -438,6 +439,15 @@ class _Pass:
     def _record(self, repair: Repair) -> None:
         self.report.repairs.append(repair)
         self.reconciler.record(repair)
+
+
+def _unchanged(container_id: str, status: str, updated_at: datetime):
+    """Match the row only while it has the status and `updated_at` the pass read.
+
+    A request that changed the row after the pass read it, such as a restart that ran while the
+    pass inspected the container, wins, and the next pass looks again.
+    """
+    return (Container.id == container_id) & (Container.status == status) & (Container.updated_at == updated_at)
 
 
 def _row_repair(kind: str, row: Container, engine_id: str | None, status: str, detail: str) -> Repair:
