@@ -157,7 +157,11 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     context: AppContext = app.state.context
     settings = context.settings
 
-    engine = await db.connect(settings)
+    try:
+        engine = await db.connect(settings)
+    except ConfigError as exc:
+        app.state.startup_error = str(exc)
+        raise
     bus = EventBus(settings)
     # Services reach the engine through the guard; plugins' hooks get the runtime itself in context.runtime.
     runtime = EngineGuard(

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import sqlite3
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -16,6 +17,7 @@ from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from corebase import piccolo_conf
+from corebase.errors import ConfigError
 from corebase.piccolo_app import TABLES
 from corebase.settings import Settings
 
@@ -41,13 +43,24 @@ def create_engine(settings: Settings) -> Engine:
 
 
 async def connect(settings: Settings) -> Engine:
-    """Create the engine, open its pool and point every CoreBase table (and Piccolo's) at it."""
-    engine = create_engine(settings)
-    if isinstance(engine, PostgresEngine):
-        await engine.start_connection_pool(min_size=1, max_size=10)
-    else:
-        # WAL lets readers proceed while a writer commits; the mode is stored in the file itself.
-        await engine.run_ddl("PRAGMA journal_mode=WAL")
+    """Create the engine, open its pool and point every CoreBase table (and Piccolo's) at it.
+
+    Raises ConfigError naming the database when it cannot be reached or opened.
+    """
+    try:
+        engine = create_engine(settings)
+        if isinstance(engine, PostgresEngine):
+            await engine.start_connection_pool(min_size=1, max_size=10)
+        else:
+            # WAL lets readers proceed while a writer commits; the mode is stored in the file itself.
+            await engine.run_ddl("PRAGMA journal_mode=WAL")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error) as exc:
+        fix = (
+            "check COREBASE_DATABASE_URL, and that the database server runs and accepts its credentials"
+            if settings.database.url
+            else "check that --data-dir (setting server.data_dir) names a directory CoreBase can write"
+        )
+        raise ConfigError(f"cannot open the database {describe(settings)}: {str(exc) or type(exc).__name__}; {fix}") from None
 
     piccolo_conf.DB = engine
     for table in (*TABLES, Migration):

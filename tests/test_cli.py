@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).parent.parent
 MIGRATIONS = len(list((ROOT / "migrations").glob("corebase_*.py")))
 APPLIED_ALL = f"applied {MIGRATIONS} migration(s)"
+# Port 1 on loopback refuses connections; the password must never appear in a message.
+UNREACHABLE_DATABASE = "postgresql://corebase:hunter2@127.0.0.1:1/corebase"
 
 
 def corebase(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, pythonpath: str | None = None):
@@ -56,6 +58,7 @@ def test_missing_runtime_stops_start_up(tmp_path):
     [
         ({"COREBASE_REDIS_URL": "redis://user:hunter2@127.0.0.1:1/0"}, "cannot connect to Redis at redis://user:***@127.0.0.1:1/0"),
         ({"COREBASE_DATABASE_AUTO_MIGRATE": "false"}, "database migration(s) are pending"),
+        ({"COREBASE_DATABASE_URL": UNREACHABLE_DATABASE}, "cannot open the database postgresql://127.0.0.1:1/corebase"),
     ],
 )
 def test_start_up_failure_prints_the_reason(tmp_path, env, expected):
@@ -63,6 +66,15 @@ def test_start_up_failure_prints_the_reason(tmp_path, env, expected):
     assert result.returncode != 0
     assert "CoreBase could not start: " in result.stderr
     assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("audit", "verify")])
+def test_unreachable_database_is_one_line(tmp_path, command):
+    result = corebase(*command, "--data-dir", str(tmp_path), env={"COREBASE_DATABASE_URL": UNREACHABLE_DATABASE})
+    assert result.returncode == 2
+    assert "corebase: cannot open the database postgresql://127.0.0.1:1/corebase" in result.stderr
     assert "Traceback" not in result.stderr
     assert "hunter2" not in result.stderr
 
