@@ -78,7 +78,7 @@ class DockerSettings(Section):
     probe_interval: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
     """Seconds between two health checks of the engine; while it is down, engine requests answer 503 at once."""
     probe_timeout: PositiveFloat = 5.0
-    """Seconds a health check may take before the engine counts as down and calls waiting for it fail with 503."""
+    """Seconds a health check may take; after two slow checks in a row the engine counts as down and calls waiting for it fail with 503."""
 
 
 class ContainerSettings(Section):

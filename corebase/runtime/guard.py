@@ -5,8 +5,10 @@ down, and from then on calls raise EngineUnavailable (503) at once instead of ea
 own timeout. A background probe checks the engine every `probe_interval` seconds, and at once
 after a failed call:
 
-- a probe that fails, or takes longer than `probe_timeout`, marks the engine down and aborts
-  every call still waiting for it, streams included, with EngineUnavailable;
+- a probe that fails, or two probes in a row that take longer than `probe_timeout`, mark the
+  engine down and abort every call still waiting for it, streams included, with EngineUnavailable.
+  One slow answer is retried at once instead, so a moment of load on a busy machine is not taken
+  for an outage;
 - a probe that succeeds marks the engine up again, and calls go through.
 
 The probe runs while the engine is up too. Streams (engine events, followed logs) have no total
@@ -43,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Timed-out health checks in a row that mark the engine down; a refused connection does at once.
+SLOW_PROBES_FOR_OUTAGE = 2
+
 
 class EngineGuard:
     """Wraps `runtime`, tracks whether its engine responds, and rejects calls while it does not.
@@ -72,6 +77,8 @@ class EngineGuard:
         self._probe_task: asyncio.Task | None = None
         # Calls given up on (by an outage or a cancelled caller) that are still finishing their clean-up.
         self._abandoned: set[asyncio.Task] = set()
+        # Health checks in a row that timed out; see SLOW_PROBES_FOR_OUTAGE.
+        self._slow_probes = 0
 
     # --- the probe --------------------------------------------------------------------------
 
@@ -99,6 +106,11 @@ class EngineGuard:
             async with asyncio.timeout(self.probe_timeout):
                 await check()
         except TimeoutError:
+            self._slow_probes += 1
+            if self._slow_probes < SLOW_PROBES_FOR_OUTAGE:
+                logger.info("the container engine health check took over %g s; checking again", self.probe_timeout)
+                self._wake.set()
+                return self.available
             self._mark_down(
                 f"the container engine health check timed out after {self.probe_timeout:g} s, so the engine "
                 "hangs or is overloaded. Raise docker.probe_timeout if it is only slow",
@@ -106,8 +118,10 @@ class EngineGuard:
             )
             return False
         except ApiError as exc:
+            self._slow_probes = 0
             self._mark_down(exc.detail, abort=True)
             return False
+        self._slow_probes = 0
         self._mark_up()
         return True
 
