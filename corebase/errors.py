@@ -13,6 +13,7 @@
         │   └── QuotaExceeded        403, names the quota, its limit and the usage
         ├── NotFound                 404
         │   ├── ContainerNotFound
+        │   ├── PathNotFound         a path inside a container
         │   ├── ImageNotFound
         │   ├── TemplateNotFound
         │   ├── PoolNotFound
@@ -24,10 +25,14 @@
         │   ├── NameInUse
         │   ├── IdempotencyKeyInProgress   the first request with the Idempotency-Key still runs
         │   ├── ContainerNotRunning
+        │   │   └── ContainerPaused
+        │   ├── ContainerNotPaused
         │   ├── ContainerRunning
+        │   ├── PathReadOnly         the target of an upload is on a read-only file system
         │   ├── PortInUse
         │   ├── TemplateInUse
         │   └── ReconcilerBusy     another API process runs reconciliation
+        ├── UploadTooLarge           413, names the limit files.max_upload
         ├── RateLimited              429, the API key sent too many requests; has Retry-After
         ├── EngineError              502, the engine refused an operation
         │   └── ImagePullFailed
@@ -178,6 +183,22 @@ class ContainerNotFound(NotFound):
         )
 
 
+class PathNotFound(NotFound):
+    """A path inside a container does not exist; `field` is "path", the query parameter that named it."""
+
+    slug = "path-not-found"
+    title = "Path not found"
+
+    def __init__(self, container_id: str, path: str, hint: str = "check 'path'") -> None:
+        self.hint = hint
+        super().__init__(
+            f"path {path!r} does not exist in container {container_id!r}; {hint}",
+            field="path",
+            path=path,
+            containerId=container_id,
+        )
+
+
 class ImageNotFound(NotFound):
     slug = "image-not-found"
     title = "Image not found"
@@ -288,6 +309,20 @@ class ContainerNotRunning(Conflict):
         )
 
 
+class ContainerPaused(ContainerNotRunning):
+    """The container is paused, so its processes cannot run a command or report usage until it is resumed."""
+
+    slug = "container-paused"
+    title = "Container is paused"
+
+    def __init__(self, container_id: str, action: str) -> None:
+        super().__init__(
+            container_id,
+            "paused",
+            f"container {container_id!r} is paused, so it cannot {action}; resume it with POST /api/runtime/resume first",
+        )
+
+
 class ContainerRunning(Conflict):
     slug = "container-running"
     title = "Container is running"
@@ -308,6 +343,24 @@ class PortInUse(Conflict):
             f"a requested host port is already in use on the host ({reason}); choose another host port in "
             "'ports', or null to let the engine pick a free one",
             field="ports",
+        )
+
+
+class PathReadOnly(Conflict):
+    """An upload's target directory is on a read-only file system: a read-only root or a read-only mount."""
+
+    slug = "path-read-only"
+    title = "Path is read-only"
+
+    def __init__(self, container_id: str, path: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"cannot write to {path!r} in container {container_id!r}: {reason}; upload to a writable volume, or "
+            "start the container without a read-only root file system (the engine copies nothing into a "
+            "container whose root is read-only)",
+            field="path",
+            path=path,
+            containerId=container_id,
         )
 
 
@@ -332,6 +385,35 @@ class ReconcilerBusy(Conflict):
             f"API process {holder} holds the reconciler lease and runs a pass every {interval:g} s; "
             "send the request to that process, or wait for its next pass",
             leaderProcess=holder,
+        )
+
+
+class ContainerNotPaused(Conflict):
+    slug = "container-not-paused"
+    title = "Container is not paused"
+
+    def __init__(self, container_id: str, status: str | None = None) -> None:
+        state = f" (status {status})" if status else ""
+        super().__init__(
+            f"container {container_id!r} is not paused{state}, so it cannot be resumed; pause it first",
+            containerId=container_id,
+            containerStatus=status,
+        )
+
+
+class UploadTooLarge(ApiError):
+    """An upload is larger than `files.max_upload`; `limit` is that limit in bytes."""
+
+    status = 413
+    slug = "upload-too-large"
+    title = "Upload too large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the upload of {size} bytes is larger than the limit of {limit} bytes; upload less at a time, "
+            "or raise files.max_upload (COREBASE_FILES_MAX_UPLOAD)",
+            limit=limit,
+            size=size,
         )
 
 

@@ -23,12 +23,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from corebase.errors import ApiError, EngineTimeout, EngineUnavailable
-from corebase.runtime.protocol import ContainerRuntime
+from corebase.runtime.protocol import ContainerRuntime, ExecSession
 from corebase.runtime.types import (
     ContainerSpec,
     ContainerState,
@@ -36,6 +36,7 @@ from corebase.runtime.types import (
     ExecResult,
     LogChunk,
     LogOptions,
+    PathStat,
     RuntimeEvent,
     RuntimeInfo,
     StatsSample,
@@ -322,6 +323,12 @@ class EngineGuard:
     async def remove(self, engine_id: str, force: bool = False) -> None:
         await self._call(self.runtime.remove, engine_id, force)
 
+    async def pause(self, engine_id: str) -> None:
+        await self._call(self.runtime.pause, engine_id)
+
+    async def unpause(self, engine_id: str) -> None:
+        await self._call(self.runtime.unpause, engine_id)
+
     async def inspect(self, engine_id: str) -> ContainerState:
         return await self._call(self.runtime.inspect, engine_id)
 
@@ -364,6 +371,40 @@ class EngineGuard:
             self.runtime.exec_stream(engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout)
         )
 
+    async def open_exec(
+        self,
+        engine_id: str,
+        command: builtins.list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> ExecSession:
+        session = await self._call(
+            self.runtime.open_exec,
+            engine_id,
+            command,
+            tty=tty,
+            env=env,
+            workdir=workdir,
+            user=user,
+            cols=cols,
+            rows=rows,
+        )
+        return _GuardedSession(self, session)
+
+    async def stat_path(self, engine_id: str, path: str) -> PathStat:
+        return await self._call(self.runtime.stat_path, engine_id, path)
+
+    def read_archive(self, engine_id: str, path: str) -> AsyncIterator[bytes]:
+        return self._stream(self.runtime.read_archive(engine_id, path))
+
+    async def write_archive(self, engine_id: str, path: str, archive: AsyncIterable[bytes]) -> None:
+        await self._call(self.runtime.write_archive, engine_id, path, archive)
+
     def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         return self._stream(self.runtime.logs(engine_id, options), endless=options.follow)
 
@@ -389,6 +430,37 @@ class EngineGuard:
         """Stop the probe, then close the wrapped runtime."""
         await self.stop_probe()
         await self.runtime.close()
+
+
+class _GuardedSession:
+    """An ExecSession whose calls fail at once while the engine is down, and end when a probe fails."""
+
+    def __init__(self, guard: EngineGuard, session: ExecSession) -> None:
+        self._guard = guard
+        self._session = session
+        self.tty = session.tty
+
+    async def read(self) -> LogChunk | None:
+        return await self._guard._call(self._session.read)
+
+    async def write(self, data: bytes) -> None:
+        await self._guard._call(self._session.write, data)
+
+    async def close_stdin(self) -> None:
+        await self._guard._call(self._session.close_stdin)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self._guard._call(self._session.resize, cols, rows)
+
+    async def signal(self, name: str) -> None:
+        await self._guard._call(self._session.signal, name)
+
+    async def exit_code(self) -> int | None:
+        return await self._guard._call(self._session.exit_code)
+
+    async def close(self) -> None:
+        # Closing must run while the engine is down too, so it is not guarded.
+        await self._session.close()
 
 
 # Marks the end of a stream in EngineGuard._stream's hand-over queue.

@@ -7,7 +7,7 @@ so the core maps them to HTTP without knowing the backend.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol, runtime_checkable
 
 from corebase.runtime.types import (
@@ -17,15 +17,48 @@ from corebase.runtime.types import (
     ExecResult,
     LogChunk,
     LogOptions,
+    PathStat,
     RuntimeEvent,
     RuntimeInfo,
     StatsSample,
 )
 
 
+class ExecSession(Protocol):
+    """A running interactive exec: its stdin, its output, its terminal size and its signals.
+
+    `read` returns output pieces until the command's output ends, then None. With a TTY all
+    output is stdout. A consumer that stops reading blocks the command's writes, and `write`
+    waits while the command does not read, so neither side buffers without bound. After `read`
+    returned None, `exit_code` returns the command's exit code. `close` ends the session and
+    stops the command's processes if they still run; it may be called more than once.
+    """
+
+    tty: bool
+
+    async def read(self) -> LogChunk | None: ...
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin."""
+
+    async def close_stdin(self) -> None:
+        """Close the command's stdin, so it reads end-of-file; its output stays open."""
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Set the terminal size; only a TTY session has one."""
+
+    async def signal(self, name: str) -> None:
+        """Send the signal `name` (such as "INT" or "TERM") to the command's processes."""
+
+    async def exit_code(self) -> int | None: ...
+
+    async def close(self) -> None: ...
+
+
 @runtime_checkable
 class ContainerRuntime(Protocol):
-    """A container backend. Every method is a coroutine except `logs`, `exec_stream` and `events`, async iterators."""
+    """A container backend. Every method is a coroutine except `logs`, `exec_stream`, `read_archive` and
+    `events`, which are async iterators."""
 
     name: str
 
@@ -55,6 +88,15 @@ class ContainerRuntime(Protocol):
 
     async def remove(self, engine_id: str, force: bool = False) -> None:
         """Remove a container and its anonymous volumes; `force` kills a running one first."""
+
+    async def pause(self, engine_id: str) -> None:
+        """Freeze every process of a running container.
+
+        Raises ContainerNotRunning when it is not running, with status "paused" when it is paused already.
+        """
+
+    async def unpause(self, engine_id: str) -> None:
+        """Let a paused container's processes run again. Raises ContainerNotPaused when it is not paused."""
 
     async def inspect(self, engine_id: str) -> ContainerState:
         """Return the container's current state; raise ContainerNotFound when it is gone."""
@@ -97,6 +139,44 @@ class ContainerRuntime(Protocol):
         After `timeout` seconds, counted from the start, the ExecExit has `timed_out` set. A
         command that cannot be run ends with the engine's non-zero exit code and its message on
         stderr. Closing the iterator early stops the command where the backend can.
+        """
+
+    async def open_exec(
+        self,
+        engine_id: str,
+        command: list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> ExecSession:
+        """Start an interactive command with its stdin open and return the session.
+
+        With `tty` the command gets a terminal of `cols` by `rows` characters. Raises
+        ContainerNotRunning (with status "paused" for a paused container) or ContainerNotFound.
+        """
+
+    async def stat_path(self, engine_id: str, path: str) -> PathStat:
+        """Describe the absolute `path` in a container, running or not.
+
+        Raises PathNotFound when it does not exist, ContainerNotFound when the container does not.
+        """
+
+    def read_archive(self, engine_id: str, path: str) -> AsyncIterator[bytes]:
+        """Yield a tar archive of `path` (a file, or a directory with its contents) as it is read.
+
+        Raises PathNotFound before the first piece when `path` does not exist.
+        """
+
+    async def write_archive(self, engine_id: str, path: str, archive: AsyncIterable[bytes]) -> None:
+        """Extract the tar archive read from `archive` into the directory `path` of a container.
+
+        The archive is passed on as it arrives. Raises PathNotFound when `path` does not exist,
+        InvalidField for a `path` that is not a directory or an archive the engine cannot read,
+        and PathReadOnly when the target is on a read-only file system.
         """
 
     def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:

@@ -12,6 +12,9 @@ import msgspec
 
 StreamName = Literal["stdout", "stderr"]
 
+# Signals an interactive exec session may send, by name without the SIG prefix.
+EXEC_SIGNALS = ("INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2", "TSTP", "CONT", "STOP", "WINCH")
+
 # Engine states as the Docker Engine names them; a backend maps its own onto these.
 EngineStatus = Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"]
 
@@ -167,6 +170,21 @@ class StatsSample(msgspec.Struct):
     block_read_bytes: int = 0
     block_write_bytes: int = 0
     pids: int = 0
+
+
+class PathStat(msgspec.Struct, frozen=True):
+    """A path inside a container, as the engine describes it before a copy.
+
+    `mode` holds the permission bits only (such as 0o644); `type` says what the path is.
+    `link_target` is set for a symbolic link.
+    """
+
+    name: str
+    size: int
+    mode: int
+    type: Literal["file", "directory", "symlink", "other"]
+    modified_at: datetime | None = None
+    link_target: str | None = None
 
 
 class RuntimeEvent(msgspec.Struct, frozen=True):

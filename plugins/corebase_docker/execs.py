@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # and writes "OCI runtime exec failed: ..." into the exec's stdout stream. Other engine versions
 # may use 127 for a missing command, so both codes are accepted.
 _START_FAILED_EXIT_CODES = (126, 127)
+START_FAILED_EXIT_CODE = _START_FAILED_EXIT_CODES[0]
 _START_FAILED_PREFIX = "OCI runtime exec failed"
 
 # Seconds to wait for the engine to record the exit code after the output stream ends.
@@ -132,7 +133,7 @@ async def stream_exec(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     stream = exec_.start(detach=False)
-    start_message = _StartMessage()
+    start_message = StartMessage()
     ended = False
     try:
         try:
@@ -157,9 +158,9 @@ async def stream_exec(
 
         ended = True
         await stream.close()
-        exit_code = await _wait_exit_code(exec_)
+        exit_code = await wait_exit_code(exec_)
         if start_message.rejected and not exit_code:
-            exit_code = _START_FAILED_EXIT_CODES[0]
+            exit_code = START_FAILED_EXIT_CODE
         for chunk in start_message.release(exit_code):
             yield chunk
         yield ExecExit(exit_code=exit_code)
@@ -186,7 +187,7 @@ async def _read_before(stream: Stream, deadline: float | None) -> Message | None
         raise
 
 
-class _StartMessage:
+class StartMessage:
     """Move the engine's message about a command it could not start from stdout to stderr.
 
     Engine 20.10 writes "OCI runtime exec failed: ..." as the first output on stdout and exits
@@ -226,7 +227,7 @@ class _StartMessage:
         return [LogChunk(stream="stdout", data=data)]
 
 
-async def _wait_exit_code(exec_: Exec) -> int | None:
+async def wait_exit_code(exec_: Exec) -> int | None:
     """Return the exec's exit code, polling briefly while the engine is still recording it."""
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + _EXIT_CODE_WAIT

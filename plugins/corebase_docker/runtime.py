@@ -7,14 +7,14 @@ import builtins
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 import aiodocker
 import aiohttp
 
-from corebase.errors import ContainerNotRunning, ContainerRunning, ImageNotFound, NameInUse
+from corebase.errors import ContainerNotPaused, ContainerNotRunning, ContainerRunning, ImageNotFound, NameInUse
 from corebase.runtime.types import (
     ContainerSpec,
     ContainerState,
@@ -22,18 +22,21 @@ from corebase.runtime.types import (
     ExecResult,
     LogChunk,
     LogOptions,
+    PathStat,
     RuntimeEvent,
     RuntimeInfo,
     StatsSample,
 )
 from corebase.settings import ContainerSettings, DockerSettings
 from corebase.sizes import parse_size
+from corebase_docker.archives import read_archive, stat_path, write_archive
 from corebase_docker.client import open_client, raw_response, resolve_url
 from corebase_docker.errors import start_rejection, translate_errors, unavailable
 from corebase_docker.events import stream_events
 from corebase_docker.execs import run_exec, stream_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
+from corebase_docker.sessions import DockerExecSession, open_session
 from corebase_docker.networks import connect_network, disconnect_network, ensure_network, network_ready
 from corebase_docker.specs import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, create_body
 from corebase_docker.state import state_from_inspect, state_from_list_entry
@@ -203,6 +206,28 @@ class DockerRuntime:
                     return
                 raise
 
+    async def pause(self, engine_id: str) -> None:
+        docker = self._client()
+        with self._errors("pause container", engine_id):
+            try:
+                await docker.containers.container(engine_id).pause()
+            except aiodocker.DockerError as exc:
+                # The engine answers 409 "... is not running" or "... is already paused".
+                if exc.status == 409 and "already paused" in exc.message:
+                    raise ContainerNotRunning(engine_id, status="paused") from exc
+                raise
+
+    async def unpause(self, engine_id: str) -> None:
+        docker = self._client()
+        with self._errors("unpause container", engine_id):
+            try:
+                await docker.containers.container(engine_id).unpause()
+            except aiodocker.DockerError as exc:
+                # The engine answers 500 "... is not paused" for a running or stopped container.
+                if "not paused" in exc.message:
+                    raise ContainerNotPaused(engine_id) from exc
+                raise
+
     # --- state --------------------------------------------------------------------------------
 
     async def inspect(self, engine_id: str) -> ContainerState:
@@ -278,6 +303,43 @@ class DockerRuntime:
                 docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout
             ):
                 yield item
+
+    async def open_exec(
+        self,
+        engine_id: str,
+        command: builtins.list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> DockerExecSession:
+        docker = self._client()
+        with self._errors("exec in container", engine_id):
+            session = await open_session(
+                docker, engine_id, command, tty=tty, env=env, workdir=workdir, user=user, cols=cols, rows=rows
+            )
+        return _TranslatedSession(session, self)
+
+    # --- files --------------------------------------------------------------------------------
+
+    async def stat_path(self, engine_id: str, path: str) -> PathStat:
+        docker = self._client()
+        with self._errors(f"read {path!r} in container", engine_id):
+            return await stat_path(docker, engine_id, path, timeout=self.timeout)
+
+    async def read_archive(self, engine_id: str, path: str) -> AsyncIterator[bytes]:
+        docker = self._client()
+        with self._errors(f"copy {path!r} from container", engine_id):
+            async for chunk in read_archive(docker, engine_id, path, timeout=self.timeout):
+                yield chunk
+
+    async def write_archive(self, engine_id: str, path: str, archive: AsyncIterable[bytes]) -> None:
+        docker = self._client()
+        with self._errors(f"copy to {path!r} in container", engine_id):
+            await write_archive(docker, engine_id, path, archive, timeout=self.timeout)
 
     async def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         docker = self._client()
@@ -374,6 +436,45 @@ class DockerRuntime:
         # 304 Not Modified: the container was already stopped.
         if status == 304:
             raise ContainerNotRunning(engine_id)
+
+
+class _TranslatedSession:
+    """A DockerExecSession whose engine errors reach the caller as CoreBase errors."""
+
+    def __init__(self, session: DockerExecSession, runtime: DockerRuntime) -> None:
+        self._session = session
+        self._runtime = runtime
+        self.tty = session.tty
+
+    async def read(self) -> LogChunk | None:
+        with self._errors("read exec output of container"):
+            return await self._session.read()
+
+    async def write(self, data: bytes) -> None:
+        with self._errors("write exec input in container"):
+            await self._session.write(data)
+
+    async def close_stdin(self) -> None:
+        with self._errors("close exec input in container"):
+            await self._session.close_stdin()
+
+    async def resize(self, cols: int, rows: int) -> None:
+        with self._errors("resize exec terminal in container"):
+            await self._session.resize(cols, rows)
+
+    async def signal(self, name: str) -> None:
+        with self._errors(f"send {name} to exec in container"):
+            await self._session.signal(name)
+
+    async def exit_code(self) -> int | None:
+        with self._errors("read exec exit code in container"):
+            return await self._session.exit_code()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def _errors(self, operation: str) -> AbstractContextManager[None]:
+        return self._runtime._errors(operation, self._session.engine_id)
 
 
 def _missing_image_detail(spec: ContainerSpec, message: str) -> str:

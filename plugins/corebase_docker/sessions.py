@@ -1,0 +1,177 @@
+"""Interactive exec: a command with its stdin open, over the engine's hijacked exec connection.
+
+The engine has no API to signal an exec, and the PID that exec inspect reports is a host PID,
+which means nothing inside the container's PID namespace. So every session's command gets the
+environment variable COREBASE_EXEC_ID with a random value, and a signal is delivered by a second
+exec that runs `kill` on every process in the container whose environment has that value: the
+command and the children that kept its environment. A TTY session sends INT, QUIT and TSTP as
+the control characters instead, which the terminal turns into signals for its foreground
+process group, as a keyboard would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+import aiodocker
+import aiohttp
+from aiodocker.execs import Exec
+from aiodocker.stream import Stream
+
+from corebase.runtime.types import LogChunk
+from corebase_docker.execs import START_FAILED_EXIT_CODE, StartMessage, run_exec, wait_exit_code
+from corebase_docker.frames import STREAM_NAMES
+
+logger = logging.getLogger(__name__)
+
+# The variable that marks the processes of one session, so `signal` can find them.
+MARKER_VARIABLE = "COREBASE_EXEC_ID"
+
+# Signals a TTY session sends as the control character the terminal turns into that signal.
+CONTROL_CHARACTERS = {"INT": b"\x03", "QUIT": b"\x1c", "TSTP": b"\x1a"}
+
+# Run by `sh -c` with $1 the marker value and $2 the signal name. It reads /proc, so it needs
+# no ps; `tr` turns each environment into lines for an exact match.
+_KILL_SCRIPT = (
+    'for dir in /proc/[0-9]*; do '
+    'if tr "\\0" "\\n" < "$dir/environ" 2>/dev/null | grep -qx "COREBASE_EXEC_ID=$1"; then '
+    'kill -s "$2" "${dir#/proc/}" 2>/dev/null; '
+    'fi; done; exit 0'
+)
+# Seconds the signalling exec may take.
+_SIGNAL_TIMEOUT = 10.0
+
+
+class DockerExecSession:
+    """An ExecSession over one engine exec; build it with `open_session`."""
+
+    def __init__(self, docker: aiodocker.Docker, exec_: Exec, stream: Stream, *, engine_id: str, tty: bool, user: str | None, marker: str) -> None:
+        self.docker = docker
+        self.tty = tty
+        self.engine_id = engine_id
+        self._exec = exec_
+        self._stream = stream
+        self._user = user
+        self._marker = marker
+        self._start_message = StartMessage()
+        self._held: list[LogChunk] = []
+        self._ended = False
+        self._exit_code: int | None = None
+        self._closed = False
+
+    @property
+    def exec_id(self) -> str:
+        return self._exec.id
+
+    async def read(self) -> LogChunk | None:
+        while not self._held:
+            if self._ended:
+                return None
+            message = await self._stream.read_out()
+            if message is None:
+                self._ended = True
+                self._exit_code = await wait_exit_code(self._exec)
+                if self._start_message.rejected and not self._exit_code:
+                    self._exit_code = START_FAILED_EXIT_CODE
+                self._held = self._start_message.release(self._exit_code)
+                continue
+            self._held = self._start_message.pass_on(STREAM_NAMES.get(message.stream, "stdout"), message.data)
+        return self._held.pop(0)
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write_in(data)
+
+    async def close_stdin(self) -> None:
+        # aiodocker (0.27) closes both directions in Stream.close(), so the write side of its
+        # connection is shut here. The engine then closes the command's stdin.
+        response = self._stream._resp
+        transport = response.connection.transport if response is not None and response.connection else None
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    async def resize(self, cols: int, rows: int) -> None:
+        if self.tty:
+            await self._exec.resize(h=rows, w=cols)
+
+    async def signal(self, name: str) -> None:
+        if self.tty and name in CONTROL_CHARACTERS:
+            await self.write(CONTROL_CHARACTERS[name])
+            return
+        result = await run_exec(
+            self.docker,
+            self.engine_id,
+            ["sh", "-c", _KILL_SCRIPT, "sh", self._marker, name],
+            env=None,
+            workdir=None,
+            user=self._user,
+            timeout=_SIGNAL_TIMEOUT,
+            max_output=4096,
+        )
+        if result.exit_code != 0:
+            logger.warning(
+                "signal %s to exec %s in container %s failed (exit code %s): %s",
+                name, self.exec_id, self.engine_id, result.exit_code, result.stderr.strip(),
+            )
+
+    async def exit_code(self) -> int | None:
+        return self._exit_code if self._ended else await wait_exit_code(self._exec)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            info = await self._exec.inspect()
+            if info.get("Running"):
+                logger.info("ending exec %s in container %s, whose session closed", self.exec_id, self.engine_id)
+                await self.signal("KILL")
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            logger.warning("could not stop exec %s in container %s: %r", self.exec_id, self.engine_id, exc)
+        finally:
+            await self._stream.close()
+
+
+async def open_session(
+    docker: aiodocker.Docker,
+    engine_id: str,
+    command: list[str],
+    *,
+    tty: bool,
+    env: dict[str, str] | None,
+    workdir: str | None,
+    user: str | None,
+    cols: int | None,
+    rows: int | None,
+) -> DockerExecSession:
+    """Create and start an exec with stdin attached, and set its terminal size.
+
+    aiodocker exceptions propagate for the caller to translate (409 when the container is not
+    running or is paused).
+    """
+    marker = secrets.token_hex(8)
+    container = docker.containers.container(engine_id)
+    exec_ = await container.exec(
+        command,
+        stdin=True,
+        stdout=True,
+        stderr=True,
+        tty=tty,
+        environment={**(env or {}), MARKER_VARIABLE: marker},
+        workdir=workdir,
+        user=user or "",
+    )
+    stream = exec_.start(detach=False)
+    session = DockerExecSession(docker, exec_, stream, engine_id=engine_id, tty=tty, user=user, marker=marker)
+    try:
+        # Entering the stream sends the start request; the terminal exists only after it.
+        await stream.__aenter__()
+        if tty and cols and rows:
+            await session.resize(cols, rows)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(session.close())
+        raise
+    return session
