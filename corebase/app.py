@@ -22,6 +22,8 @@ from corebase.api.alerts import AlertController
 from corebase.api.allow import AllowHeaderPlugin
 from corebase.api.audit import AuditPlugin
 from corebase.api.events import events_socket, logs_socket
+from corebase.api.exec_socket import exec_socket
+from corebase.api.files import FileController
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.openapi import ProblemResponsesPlugin, RequestBodySchemaPlugin
 from corebase.api.problems import EXCEPTION_HANDLERS
@@ -37,6 +39,7 @@ from corebase.api.system import SystemController
 from corebase.api.users import KeyController, UserController
 from corebase.auth.access import require_access
 from corebase.auth.keys import KeyVerifier, seed_admin_key
+from corebase.containers.lifecycle import LifecycleService
 from corebase.containers.reconciler import Reconciler
 from corebase.containers.service import ContainerService
 from corebase.errors import ApiError, ConfigError, PluginError
@@ -79,6 +82,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         route_handlers=[
             SystemController,
             RuntimeController,
+            FileController,
             TemplateController,
             PoolController,
             AlertController,
@@ -89,6 +93,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
             ReconcileController,
             events_socket,
             logs_socket,
+            exec_socket,
             *extra_routes,
         ],
         dependencies={
@@ -198,12 +203,17 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         monitor.watcher.reconnect_callbacks.append(reconciler.wake)
         app.state.reconciler = context.state["reconciler"] = reconciler
         await reconciler.start()
+        lifecycle = LifecycleService(settings, containers, bus, app.state.get("audit"))
+        app.state.lifecycle = context.state["lifecycle"] = lifecycle
+        await lifecycle.start()
         await _call_all(context.plugin_manager.hook.corebase_startup(context=context))
         yield
     except (ConfigError, PluginError) as exc:
         app.state.startup_error = str(exc)
         raise
     finally:
+        if "lifecycle" in context.state:
+            await context.state["lifecycle"].stop()
         if "reconciler" in context.state:
             await context.state["reconciler"].stop()
         if "monitor" in context.state:

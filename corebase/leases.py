@@ -8,7 +8,11 @@ processes can never hold one lease at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
+import socket
 from datetime import datetime, timedelta, timezone
 
 from piccolo.columns import Timestamptz, Varchar
@@ -55,3 +59,36 @@ async def current_holder(name: str) -> str | None:
 async def release(name: str, holder: str) -> None:
     """Give up the lease if `holder` has it, so another process can take it at once."""
     await Lease.delete().where((Lease.name == name) & (Lease.holder == holder))
+
+
+def process_holder() -> str:
+    """Return a holder name for this process: host, PID and a random part, unique across restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Leadership:
+    """One process's hold on the lease `name`, for a background loop that only one process may run.
+
+    `take` takes or renews the lease and logs when this process starts or stops leading `role`;
+    `release` gives it up on shut-down, so another process takes over at once.
+    """
+
+    def __init__(self, name: str, role: str, duration: float) -> None:
+        self.name = name
+        self.role = role
+        self.duration = duration
+        self.holder = process_holder()
+        self.leader = False
+
+    async def take(self) -> bool:
+        held = await acquire(self.name, self.holder, self.duration)
+        if held != self.leader:
+            logger.info("%s %s (process %s)", "leading" if held else "no longer leading", self.role, self.holder)
+        self.leader = held
+        return held
+
+    async def release(self) -> None:
+        if self.leader:
+            self.leader = False
+            with contextlib.suppress(Exception):
+                await release(self.name, self.holder)

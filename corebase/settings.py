@@ -134,6 +134,22 @@ class ExecSettings(Section):
     """Largest timeout an exec request may ask for, in seconds."""
 
 
+class FileSettings(Section):
+    max_upload: str = "1g"
+    """Largest upload into a container (PUT .../files), in bytes or with a k/m/g suffix; server.max_request_body does not apply to uploads."""
+
+
+class LifecycleSettings(Section):
+    interval: Annotated[float, msgspec.Meta(ge=0.2, le=3600)] = 5.0
+    """Seconds between two passes of the lifecycle loop, which removes expired containers, stops idle ones and removes exited auto-remove ones."""
+    max_ttl: Annotated[float, msgspec.Meta(ge=1)] = 30 * 86400.0
+    """Largest ttl a start request or template may set, in seconds."""
+    max_idle_timeout: Annotated[float, msgspec.Meta(ge=1)] = 30 * 86400.0
+    """Largest idleTimeout a start request or template may set, in seconds."""
+    activity_interval: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    """Seconds between two writes of one container's lastActivityAt, so an idle timeout may act up to this much late."""
+
+
 class IdempotencySettings(Section):
     key_ttl: Annotated[float, msgspec.Meta(ge=1, le=30 * 86400)] = 86400.0
     """Seconds a start's Idempotency-Key and its stored response are kept; a later retry starts a new container."""
@@ -303,6 +319,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     containers: ContainerSettings = msgspec.field(default_factory=ContainerSettings)
     quotas: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
     exec: ExecSettings = msgspec.field(default_factory=ExecSettings)
+    files: FileSettings = msgspec.field(default_factory=FileSettings)
+    lifecycle: LifecycleSettings = msgspec.field(default_factory=LifecycleSettings)
     idempotency: IdempotencySettings = msgspec.field(default_factory=IdempotencySettings)
     stats: StatsSettings = msgspec.field(default_factory=StatsSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
@@ -333,6 +351,7 @@ SIZE_SETTINGS = {
     ("containers", "max_memory"),
     ("containers", "log_max_size"),
     ("exec", "max_output"),
+    ("files", "max_upload"),
     ("quotas", "max_memory"),
     ("quotas", "max_container_memory"),
 }

@@ -34,6 +34,10 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/runtime/remove"): "developer",
     ("POST", "/api/runtime/exec"): "developer",
     ("POST", "/api/runtime/exec/stream"): "developer",
+    ("POST", "/api/runtime/pause"): "developer",
+    ("POST", "/api/runtime/resume"): "developer",
+    ("GET", "/api/runtime/containers/{container_id:str}/files"): "viewer",
+    ("PUT", "/api/runtime/containers/{container_id:str}/files"): "developer",
     ("GET", "/api/runtime/containers"): "viewer",
     ("GET", "/api/runtime/containers/{container_id:str}"): "viewer",
     ("GET", "/api/runtime/logs"): "viewer",
@@ -77,6 +81,8 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/admin/reconcile"): "admin",
     ("WS", "/api/events"): "viewer",
     ("WS", "/api/runtime/logs/ws"): "viewer",
+    # An interactive exec changes the container, so it needs write like POST /exec.
+    ("WS", "/api/runtime/exec/ws"): "developer",
 }
 ROLES = ("viewer", "developer", "admin")
 RANK = {role: index for index, role in enumerate(ROLES)}
@@ -160,11 +166,17 @@ async def test_role_matrix_websocket(server: RunningServer, keys: dict[str, str]
     routes = [path for method, path in app_routes(tmp_path) if method == "WS"]
     assert routes
     for path in routes:
-        assert ROUTE_ROLES[("WS", path)] == "viewer"
+        needed = ROUTE_ROLES[("WS", path)]
         headers = {"Authorization": f"Bearer {keys[role]}"}
+        if RANK[role] < RANK[needed]:
+            with pytest.raises(websockets.exceptions.InvalidStatus) as rejected:
+                async with websockets.connect(ws_url(server, path), additional_headers=headers):
+                    pass
+            assert rejected.value.response.status_code == 403, f"{role} WS {path}"
+            continue
         async with websockets.connect(ws_url(server, path), additional_headers=headers) as socket:
             first = json.loads(await asyncio.wait_for(socket.recv(), 10))
-            # The events stream acknowledges; the logs stream names the missing containerId.
+            # The events stream acknowledges; the logs and exec streams name the missing containerId.
             assert first["type"] in ("subscribed", "error"), first
             if first["type"] == "error":
                 assert first["field"] == "containerId"

@@ -7,7 +7,12 @@ What is recorded:
 - every GET that is denied (401, 403, 404 or 429), such as a look at another user's container;
 - every WebSocket connection that is denied: refused at the handshake (a missing key, a key
   without the read scope, a rate limit) or closed by the handler with close code 4401, 4403,
-  4404 or 4429, such as a log stream of another user's container. Its method is "WS".
+  4404 or 4429, such as a log stream of another user's container. Its method is "WS";
+- every accepted WebSocket connection of a route that sets ``opt={"audit_sessions": True}``,
+  because it changes something (an interactive exec), when it ends: `success` after a normal
+  close, `failed` after a close with an error code. Its status is the close code minus 4000 for
+  codes from 4000, 500 for 1011, and 101 otherwise. The handler may add fields to the record's
+  details by putting a dict into ``scope[AUDIT_DETAILS]``, such as the command's exit code.
 
 The action comes from the method and the route template (see `action_name`), unless the handler
 sets ``opt={"audit_action": ...}``. The target comes from the last path parameter, then the
@@ -21,6 +26,7 @@ response can find its record. A failed write is logged as an error and the respo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -67,6 +73,10 @@ TARGET_TYPES = {
 
 # Application close codes carry an HTTP status plus this offset, as 4404 for "not found".
 CLOSE_CODE_OFFSET = 4000
+# The scope key under which a WebSocket handler leaves details for its session's record.
+AUDIT_DETAILS = "corebase.audit_details"
+# The status recorded for a session that closed without an error: the upgrade's own status.
+SWITCHING_PROTOCOLS = 101
 
 _PROBLEM_STANDARD_FIELDS = {"type", "title", "status", "detail", "instance"}
 
@@ -119,14 +129,19 @@ class AuditRecorder:
             raise
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run a WebSocket connection and record it when it is refused or closed with a denial code."""
+        """Run a WebSocket connection and record it when it is refused, denied, or a session that ends."""
         exchange = _Exchange(scope, _request_id(scope))
+        accepted = False
 
         async def send_with_record(message: Message) -> None:
-            if message["type"] == "websocket.close" and exchange.status is None:
-                status = message.get("code", 1000) - CLOSE_CODE_OFFSET
-                if status in DENIED_STATUSES:
-                    exchange.status, exchange.reason = status, message.get("reason") or ""
+            nonlocal accepted
+            if message["type"] == "websocket.accept":
+                accepted = exchange.session = _records_sessions(scope)
+            elif message["type"] == "websocket.close" and exchange.status is None:
+                code = message.get("code", 1000)
+                status = code - CLOSE_CODE_OFFSET
+                if status in DENIED_STATUSES or accepted:
+                    exchange.close(code, message.get("reason") or "")
                     await self._record(exchange)
             await send(message)
 
@@ -138,6 +153,10 @@ class AuditRecorder:
                 if exchange.recorded_status():
                     await self._record(exchange)
             raise
+        if accepted and exchange.status is None:
+            # The client closed the connection, so the handler sent no close of its own.
+            exchange.close(1000, "")
+            await self._record(exchange)
 
     async def _record(self, exchange: _Exchange) -> None:
         if exchange.written:
@@ -145,7 +164,9 @@ class AuditRecorder:
         exchange.written = True
         try:
             entry = exchange.entry(self._route_methods(exchange.scope))
-            await self.audit.append(entry)
+            # Shielded, because the handler's task may be cancelled while its close is recorded,
+            # as a WebSocket handler's is when the client leaves at the same moment.
+            await asyncio.shield(self.audit.append(entry))
         except Exception:
             logger.exception(
                 "audit record lost: %s %s (status %s, request id %s)",
@@ -177,6 +198,9 @@ class _Exchange:
         self.reason = ""
         self.problem_fields: dict[str, Any] = {}
         self.written = False
+        # True for an accepted WebSocket session that is recorded whatever its outcome.
+        self.session = False
+        self.close_code: int | None = None
         self._request_body = bytearray()
         self._response_body = bytearray()
 
@@ -198,11 +222,20 @@ class _Exchange:
         else:
             self.status, self.reason = 500, f"an unexpected {type(exc).__name__} occurred"
 
+    def close(self, code: int, reason: str) -> None:
+        """Take the status and reason from a WebSocket close."""
+        if code >= CLOSE_CODE_OFFSET:
+            self.status = code - CLOSE_CODE_OFFSET
+        else:
+            self.status = 500 if code == 1011 else SWITCHING_PROTOCOLS
+        self.reason = reason
+        self.close_code = code
+
     def outcome(self) -> Outcome | None:
         status = self.status or 500
         if status in DENIED_STATUSES:
             return "denied"
-        if self.method in READ_METHODS:
+        if self.method in READ_METHODS and not self.session:
             return None
         return "success" if status < 400 else "failed"
 
@@ -224,6 +257,9 @@ class _Exchange:
         target_type, target_id = self._target(action, opt)
 
         details: dict[str, Any] = {"method": self.method, "path": self.scope["path"]}
+        if self.session:
+            details["closeCode"] = self.close_code
+            details.update(self.scope.get(AUDIT_DETAILS) or {})
         if response and "type" in response and (self.status or 500) >= 400:
             details["problemType"] = response["type"]
         if self.problem_fields and len(json.dumps(self.problem_fields, default=str)) <= MAX_PROBLEM_FIELDS:
@@ -268,6 +304,11 @@ class _Exchange:
                 if isinstance(source.get(field), str | int):
                     return target_type, str(source[field])
         return target_type, None
+
+
+def _records_sessions(scope: Scope) -> bool:
+    handler = scope.get("route_handler")
+    return bool((getattr(handler, "opt", None) or {}).get("audit_sessions"))
 
 
 def action_name(method: str, template: str, methods: frozenset[str]) -> str:

@@ -17,29 +17,18 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import logging
 import re
 
 import msgspec
 from litestar import WebSocket, websocket
-from litestar.exceptions import WebSocketDisconnect
 
 from corebase.api.logs import check_window, parse_log_time, parse_tail
+from corebase.api.sockets import CLOSE_BAD_REQUEST, encode, error_message, query_flag, reject, run_until_disconnect
 from corebase.auth.caller import Caller
 from corebase.errors import ApiError, InvalidField
 from corebase.events.bus import EventBus
 from corebase.events.types import Event, EventFilter
 from corebase.runtime.types import LogOptions
-
-logger = logging.getLogger(__name__)
-
-# WebSocket close codes in the application range: a bad request and a failure on the server's side.
-CLOSE_BAD_REQUEST = 4400
-CLOSE_NOT_FOUND = 4404
-CLOSE_CONFLICT = 4409
-CLOSE_UNAVAILABLE = 4503
-
-_encode = msgspec.json.Encoder().encode
 
 
 class SubscribeMessage(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -52,10 +41,6 @@ class SubscribeMessage(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
 def _split(values: list[str]) -> list[str]:
     """Read a parameter given as comma-separated values, repeated, or both."""
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
-
-
-def _error(field: str | None, detail: str, status: int = 422) -> bytes:
-    return _encode({"type": "error", "status": status, "field": field, "detail": detail})
 
 
 @websocket(
@@ -76,14 +61,13 @@ async def events_socket(socket: WebSocket) -> None:
     await socket.accept()
     problem = wanted.problem()
     if problem:
-        await socket.send_text(_error(*problem).decode())
+        await socket.send_text(error_message(*problem).decode())
         await socket.close(code=CLOSE_BAD_REQUEST, reason=problem[1][:120])
         return
     try:
         await _check_visible(socket, caller, wanted.container_ids)
     except ApiError as exc:
-        await socket.send_text(_error("containerId", exc.detail, exc.status).decode())
-        await socket.close(code=_close_code(exc.status), reason=exc.detail[:120])
+        await reject(socket, exc, "containerId")
         return
 
     async def forward(current: EventFilter) -> None:
@@ -91,7 +75,7 @@ async def events_socket(socket: WebSocket) -> None:
             return (caller.is_admin or event.owner == caller.user) and current.matches(event)
 
         async with bus.listen(accepts) as listener:
-            await socket.send_text(_encode({"type": "subscribed", "filter": current}).decode())
+            await socket.send_text(encode({"type": "subscribed", "filter": current}).decode())
             while True:
                 for payload in await listener.next_batch():
                     await socket.send_text(payload.decode())
@@ -118,7 +102,7 @@ async def events_socket(socket: WebSocket) -> None:
             with contextlib.suppress(BaseException):
                 await forwarding
 
-    await _run_until_disconnect(socket, read_client())
+    await run_until_disconnect(socket, read_client())
 
 
 async def _check_visible(socket: WebSocket, caller: Caller, container_ids: list[str]) -> None:
@@ -138,25 +122,25 @@ async def _read_subscription(socket: WebSocket, raw: str) -> EventFilter | None:
         message = msgspec.json.decode(raw, type=SubscribeMessage)
     except msgspec.ValidationError as exc:
         path = re.search(r"at `\$\.(\w+)", str(exc))
-        await socket.send_text(_error(path.group(1) if path else None, f"invalid message: {exc}").decode())
+        await socket.send_text(error_message(path.group(1) if path else None, f"invalid message: {exc}").decode())
         return None
     except msgspec.DecodeError:
         await socket.send_text(
-            _error(None, 'messages must be JSON objects such as {"action": "subscribe", "types": ["container"]}').decode()
+            error_message(None, 'messages must be JSON objects such as {"action": "subscribe", "types": ["container"]}').decode()
         )
         return None
     if message.action != "subscribe":
-        await socket.send_text(_error("action", f"unknown action {message.action!r}; use 'subscribe'").decode())
+        await socket.send_text(error_message("action", f"unknown action {message.action!r}; use 'subscribe'").decode())
         return None
     candidate = EventFilter(types=message.types, container_ids=message.container_ids, project_ids=message.project_ids)
     problem = candidate.problem()
     if problem:
-        await socket.send_text(_error(*problem).decode())
+        await socket.send_text(error_message(*problem).decode())
         return None
     try:
         await _check_visible(socket, socket.user, candidate.container_ids)
     except ApiError as exc:
-        await socket.send_text(_error("containerIds", exc.detail, exc.status).decode())
+        await socket.send_text(error_message("containerIds", exc.detail, exc.status).decode())
         return None
     return candidate
 
@@ -178,21 +162,20 @@ async def logs_socket(socket: WebSocket) -> None:
         if not container_id:
             raise InvalidField("containerId", "containerId is missing; name the container whose logs to follow", status=400)
         options = LogOptions(
-            stdout=_flag(query, "stdout", True),
-            stderr=_flag(query, "stderr", True),
-            follow=_flag(query, "follow", True),
+            stdout=query_flag(query, "stdout", True),
+            stderr=query_flag(query, "stderr", True),
+            follow=query_flag(query, "follow", True),
             tail=parse_tail(query.get("tail")),
             since=parse_log_time("since", query.get("since")),
             until=parse_log_time("until", query.get("until")),
-            timestamps=_flag(query, "timestamps", False),
+            timestamps=query_flag(query, "timestamps", False),
         )
         if not options.stdout and not options.stderr:
             raise InvalidField("stdout", "stdout and stderr are both false; select at least one stream", status=400)
         check_window(options.since, options.until)
         chunks = await containers.logs(caller, container_id, options)
     except ApiError as exc:
-        await socket.send_text(_error(getattr(exc, "field", None), exc.detail, exc.status).decode())
-        await socket.close(code=_close_code(exc.status), reason=exc.detail[:120])
+        await reject(socket, exc)
         return
 
     async def forward() -> None:
@@ -200,12 +183,12 @@ async def logs_socket(socket: WebSocket) -> None:
         async for chunk in chunks:
             text = decoders[chunk.stream].decode(chunk.data)
             if text:
-                await socket.send_text(_encode({"type": "log", "stream": chunk.stream, "data": text}).decode())
+                await socket.send_text(encode({"type": "log", "stream": chunk.stream, "data": text}).decode())
         for stream, decoder in decoders.items():
             rest = decoder.decode(b"", final=True)
             if rest:
-                await socket.send_text(_encode({"type": "log", "stream": stream, "data": rest}).decode())
-        await socket.send_text(_encode({"type": "end"}).decode())
+                await socket.send_text(encode({"type": "log", "stream": stream, "data": rest}).decode())
+        await socket.send_text(encode({"type": "end"}).decode())
         await socket.close()
 
     async def read_client() -> None:
@@ -213,40 +196,6 @@ async def logs_socket(socket: WebSocket) -> None:
             await socket.receive_data(mode="text")
 
     try:
-        await _run_until_disconnect(socket, read_client(), forward())
+        await run_until_disconnect(socket, read_client(), forward())
     finally:
         await chunks.aclose()
-
-
-def _flag(query, name: str, default: bool) -> bool:
-    value = query.get(name)
-    if value is None:
-        return default
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise InvalidField(name, f"{name} {value!r} is not a boolean; use true or false", status=400)
-
-
-def _close_code(status: int) -> int:
-    return {404: CLOSE_NOT_FOUND, 409: CLOSE_CONFLICT, 503: CLOSE_UNAVAILABLE}.get(status, CLOSE_BAD_REQUEST if status < 500 else 4500)
-
-
-async def _run_until_disconnect(socket: WebSocket, *jobs) -> None:
-    """Run the jobs until the first ends (or the client leaves), then stop the others."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            exc = task.exception()
-            if exc is not None and not isinstance(exc, WebSocketDisconnect):
-                logger.error("WebSocket %s failed", socket.url.path, exc_info=exc)
-                with contextlib.suppress(Exception):
-                    await socket.close(code=1011)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task

@@ -49,6 +49,11 @@ def container_record(row: Container, credentials: dict[str, str] | None = None) 
         source=row.source,
         isolation=row.isolation,
         network=row.network,
+        ttl=row.ttl,
+        expires_at=row.expires_at,
+        idle_timeout=row.idle_timeout,
+        last_activity_at=row.last_activity_at,
+        auto_remove=row.auto_remove,
         credentials=credentials or None,
     )
 

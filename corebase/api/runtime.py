@@ -1,4 +1,4 @@
-"""/api/runtime: start, stop, restart, remove, list, inspect, exec, logs and stats of containers."""
+"""/api/runtime: start, stop, restart, pause, resume, remove, list, inspect, exec, logs and stats of containers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from corebase.api.records import container_record, stats_record, stored_stats_re
 from corebase.api.schemas import (
     ContainerPage,
     ContainerRecord,
+    ContainerRequest,
     ExecRecord,
     ExecRequest,
     Offset,
@@ -31,7 +32,7 @@ from corebase.api.schemas import (
 from corebase.api.streams import NDJSON, ndjson_exec, ndjson_output, raw_output
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
-from corebase.errors import ContainerNotRunning, InvalidField
+from corebase.errors import ContainerNotRunning, ContainerPaused, InvalidField
 from corebase.idempotency import IdempotencyService
 from corebase.metrics import queries
 from corebase.metrics.queries import STEP_PATTERN
@@ -85,6 +86,28 @@ class RuntimeController(Controller):
     @post("/restart", status_code=HTTP_200_OK, summary="Restart a container", responses=CONTAINER_PROBLEMS)
     async def restart(self, data: JSONBody[StopRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
         return container_record(await containers.restart(caller, data.container_id, data.timeout))
+
+    @post(
+        "/pause",
+        status_code=HTTP_200_OK,
+        summary="Pause a running container",
+        description="Freezes every process of the container; its status becomes paused. Exec and live stats answer "
+        "409 until it is resumed. Pausing a paused container changes nothing.",
+        responses=CONTAINER_PROBLEMS,
+    )
+    async def pause(self, data: JSONBody[ContainerRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
+        return container_record(await containers.pause(caller, data.container_id))
+
+    @post(
+        "/resume",
+        status_code=HTTP_200_OK,
+        summary="Resume a paused container",
+        description="Lets the container's processes run again. Resuming a running container changes nothing; a "
+        "stopped one is a 409.",
+        responses=CONTAINER_PROBLEMS,
+    )
+    async def resume(self, data: JSONBody[ContainerRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
+        return container_record(await containers.resume(caller, data.container_id))
 
     @post("/remove", status_code=HTTP_200_OK, summary="Remove a container", responses=CONTAINER_PROBLEMS)
     async def remove(self, data: JSONBody[RemoveRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ContainerRecord:
@@ -223,6 +246,8 @@ class RuntimeController(Controller):
                 return stored_stats_record(stored)
         try:
             row, sample, percent = await containers.stats(caller, container_id)
+        except ContainerPaused:
+            raise
         except ContainerNotRunning as exc:
             status = exc.extra.get("containerStatus")
             raise ContainerNotRunning(

@@ -74,6 +74,14 @@ class StartRequest(Body):
     pid_mode: str | None = None
     ipc_mode: str | None = None
     devices: list[str] = []
+    # Seconds, or a string such as "1h": the container is removed this long after it started.
+    # Without it, the template's ttl, else none.
+    ttl: float | str | None = None
+    # Seconds, or a string such as "15m": the container is stopped after this long without
+    # activity. Without it, the template's idleTimeout, else none.
+    idle_timeout: float | str | None = None
+    # Remove the container once it has exited. Without it, the template's autoRemove, else false.
+    auto_remove: bool | None = None
 
 
 class StopRequest(Body):
@@ -85,6 +93,10 @@ class StopRequest(Body):
 class RemoveRequest(Body):
     container_id: str
     force: bool = False
+
+
+class ContainerRequest(Body):
+    container_id: str
 
 
 class ExecRequest(Body):
@@ -141,6 +153,15 @@ class ContainerRecord(Record):
     isolation: str = "standard"
     # The engine network the container joined: its owner's network, or "none".
     network: str | None = None
+    # Seconds after its start that the container is removed, and the time that happens; null for no ttl.
+    ttl: float | None = None
+    expires_at: datetime | None = None
+    # Seconds without activity after which the container is stopped; null for no idle timeout.
+    idle_timeout: float | None = None
+    # The last request that used the container, such as an exec, logs, stats or a file copy.
+    last_activity_at: datetime | None = None
+    # Whether the container is removed once it has exited.
+    auto_remove: bool = False
     # Secrets generated for the template, in the start response only; CoreBase does not show them again.
     credentials: dict[str, str] | None = None
 

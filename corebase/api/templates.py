@@ -51,6 +51,12 @@ class TemplateUpdateBody(Body):
     user: str | None = None
     # Isolation level of containers from this template unless a start request names one.
     isolation: Literal["standard", "sandboxed"] | None = None
+    # Timers of containers from this template unless a start request sets them: seconds or a
+    # string such as "1h" until removal, seconds or "15m" without activity until a stop, and
+    # removal once the container has exited.
+    ttl: float | str | None = None
+    idle_timeout: float | str | None = None
+    auto_remove: bool = False
 
 
 class TemplateBody(TemplateUpdateBody, kw_only=True):
@@ -87,6 +93,9 @@ class TemplateRecord(Record):
     builtin: bool
     owner: str | None
     isolation: str | None = None
+    ttl: float | None = None
+    idle_timeout: float | None = None
+    auto_remove: bool = False
     versions: list[int] | None = None
 
 

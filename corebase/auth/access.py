@@ -4,7 +4,9 @@ A route needs one or more scopes:
 
 - `read` for GET, HEAD and OPTIONS requests and for WebSocket streams,
 - `write` for every other HTTP method,
-- `admin` as well, when the route declares ``opt={"access": ADMIN_ONLY}``.
+- `admin` as well, when the route declares ``opt={"access": ADMIN_ONLY}``,
+- `read` and `write` for a WebSocket route that declares ``opt={"access": READ_WRITE}``, because
+  it changes something, as an interactive exec does.
 
 A role grants scopes (viewer: read; developer: read and write; admin: all three). A key's own
 `scopes` narrow its user's role further; an empty list keeps everything the role grants. A route
@@ -37,6 +39,7 @@ ROLES: tuple[Role, ...] = ("viewer", "developer", "admin")
 # Values of a route's opt["access"].
 ADMIN_ONLY = "admin"
 SELF_SERVICE = "self"
+READ_WRITE = "read-write"
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -49,11 +52,13 @@ def effective_scopes(role: str, key_scopes: Iterable[str]) -> frozenset[str]:
 
 
 def required_scopes(handler: BaseRouteHandler, method: str | None) -> frozenset[str]:
-    """Return the scopes a route needs for `method`; None is a WebSocket connection, which only reads."""
+    """Return the scopes a route needs for `method`; None is a WebSocket connection, which reads unless the route says otherwise."""
     access = handler.opt.get("access")
     if access == SELF_SERVICE:
         return frozenset()
     needed = {READ if method is None or method in READ_METHODS else WRITE}
+    if access == READ_WRITE:
+        needed = {READ, WRITE}
     if access == ADMIN_ONLY:
         needed.add(ADMIN)
     return frozenset(needed)

@@ -32,9 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -127,17 +124,24 @@ class Reconciler:
         self.containers = containers
         self.bus = bus
         self.metrics = metrics
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.leader = False
+        # The lease lasts three intervals, 15 seconds at most, so that after a crash the next process takes over soon.
+        self.leadership = leases.Leadership(LEASE_NAME, "reconciliation", max(3.0, min(15.0, self.settings.interval * 3)))
         self.last: ReconcileReport | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     @property
+    def holder(self) -> str:
+        return self.leadership.holder
+
+    @property
+    def leader(self) -> bool:
+        return self.leadership.leader
+
+    @property
     def lease_seconds(self) -> float:
-        """Seconds the lease lasts. It is short, so that after a crash the next process takes over soon."""
-        return max(3.0, min(15.0, self.settings.interval * 3))
+        return self.leadership.duration
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="corebase-reconciler")
@@ -147,10 +151,7 @@ class Reconciler:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self.leader:
-            self.leader = False
-            with contextlib.suppress(Exception):
-                await leases.release(LEASE_NAME, self.holder)
+        await self.leadership.release()
 
     def wake(self) -> None:
         """Run a pass soon instead of at the next interval, such as after the engine event stream reconnects."""
@@ -199,11 +200,7 @@ class Reconciler:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _take_lease(self) -> bool:
-        held = await leases.acquire(LEASE_NAME, self.holder, self.lease_seconds)
-        if held != self.leader:
-            logger.info("%s reconciliation (process %s)", "leading" if held else "no longer leading", self.holder)
-        self.leader = held
-        return held
+        return await self.leadership.take()
 
     async def _renew_during_pass(self) -> None:
         while True:

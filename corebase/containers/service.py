@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -24,22 +24,30 @@ from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from corebase.api.schemas import ExecRequest, StartRequest
 from corebase.auth.caller import Caller
+from corebase.containers.activity import ActivityRecorder
+from corebase.containers.files import check_path, single_file_archive, split_file_path
 from corebase.containers.networks import network_labels, owner_network
-from corebase.containers.spec import LABEL_OWNER, build_spec
+from corebase.containers.spec import LABEL_OWNER, build_spec, check_env, check_workdir
 from corebase.containers.tables import ACTIVE_STATUSES, Container, row_values
+from corebase.containers.timers import TIMER_COLUMNS, Timers, apply_timers, resolve_timers, start_clock
 from corebase.quotas.service import QuotaService
 from corebase.errors import (
     ApiError,
     ContainerNotFound,
+    ContainerNotPaused,
     ContainerNotRunning,
+    ContainerPaused,
     ContainerRunning,
     EngineTimeout,
     EngineUnavailable,
     InvalidField,
     NameInUse,
+    PathNotFound,
+    PathReadOnly,
+    UploadTooLarge,
 )
 from corebase.runtime.cpu import cpu_percent
-from corebase.runtime.protocol import ContainerRuntime
+from corebase.runtime.protocol import ContainerRuntime, ExecSession
 from corebase.runtime.types import (
     ContainerSpec,
     ContainerState,
@@ -47,6 +55,7 @@ from corebase.runtime.types import (
     ExecResult,
     LogChunk,
     LogOptions,
+    PathStat,
     StatsSample,
 )
 from corebase.security import Policy, PolicyRequest
@@ -113,6 +122,7 @@ class ContainerService:
         # Set by the app from the database: the installation id every new container is labelled with.
         self.installation_id: str | None = None
         self.quotas = QuotaService(settings.quotas)
+        self.activity = ActivityRecorder(settings.lifecycle.activity_interval)
         self._samples: OrderedDict[str, tuple[float, StatsSample]] = OrderedDict()
         # OCI runtimes the engine was last seen to have, such as {"runc", "runsc"}.
         self._engine_runtimes: set[str] = set()
@@ -140,6 +150,13 @@ class ContainerService:
             credentials=credentials,
             installation=self.installation_id,
         )
+        timers = resolve_timers(
+            self.settings.lifecycle,
+            template,
+            ttl=request.ttl,
+            idle_timeout=request.idle_timeout,
+            auto_remove=request.auto_remove,
+        )
         # Pool members are built for no one, so the caller's own spec is checked before a claim too.
         await self.check_spec(caller, spec, request.template)
 
@@ -147,6 +164,7 @@ class ContainerService:
         if template is not None and self.pool is not None and self.pool.can_serve(request):
             claimed = await self.pool.claim(caller, request, template)
             if claimed is not None:
+                await _start_timers_of_claim(claimed.row, timers)
                 return claimed
             missed_pool = template.name
 
@@ -159,6 +177,7 @@ class ContainerService:
             template=template,
             source="cold",
             missed_pool=missed_pool,
+            timers=timers,
         )
         await self.launch(row, spec)
         logger.info("started container %s image=%s owner=%s source=cold", row.id, spec.image, caller.user)
@@ -250,6 +269,7 @@ class ContainerService:
             raise
 
         _apply_state(row, state)
+        start_clock(row, row.started_at or utcnow())
         if not await _save_if_creating(row):
             # The reconciler took this start as interrupted and marked the row failed, so the
             # container it would have stood for must go too.
@@ -272,6 +292,7 @@ class ContainerService:
         pool: str | None = None,
         credentials: dict[str, str] | None = None,
         missed_pool: str | None = None,
+        timers: Timers | None = None,
     ) -> Container:
         """Write the `creating` row of a container about to be created, after checking its name is free.
 
@@ -305,6 +326,7 @@ class ContainerService:
             created_at=now,
             updated_at=now,
         )
+        apply_timers(row, timers or Timers())
         # The name check and the insert share one write transaction, so on SQLite two requests for
         # one name cannot both pass. On PostgreSQL the engine's own unique names are the backstop.
         # The quota check runs in it too, so the new row counts for the caller's next start once
@@ -405,6 +427,10 @@ class ContainerService:
         if _apply_state(row, state):
             await _save_state(row, read_status)
 
+    async def refresh_rows(self, rows: list[Container]) -> None:
+        """Bring rows in a live status up to date with one engine list call; an unreachable engine leaves them."""
+        await self._refresh_many(rows)
+
     async def _refresh_many(self, rows: list[Container]) -> None:
         live = [row for row in rows if row.status in LIVE_STATUSES and row.docker_id]
         if not live:
@@ -446,7 +472,41 @@ class ContainerService:
         async with self._engine_errors(row):
             await self.runtime.restart(row.docker_id, grace)
         await self._refresh_after_change(row)
+        await self.activity.touch(row.id)
         logger.info("restarted container %s by %s", row.id, caller.user)
+        return row
+
+    async def pause(self, caller: Caller, reference: str) -> Container:
+        """Freeze every process of a running container; a paused container stays as it is."""
+        row = await self._find(caller, reference)
+        try:
+            async with self._engine_errors(row):
+                await self.runtime.pause(row.docker_id)
+        except ContainerNotRunning:
+            # _EngineErrors has read the container's state from the engine.
+            if row.status != "paused":
+                raise
+        await self._refresh_after_change(row)
+        await self.activity.touch(row.id)
+        logger.info("paused container %s by %s", row.id, caller.user)
+        return row
+
+    async def resume(self, caller: Caller, reference: str) -> Container:
+        """Let a paused container run again; a running container stays as it is."""
+        row = await self._find(caller, reference)
+        try:
+            async with self._engine_errors(row):
+                await self.runtime.unpause(row.docker_id)
+        except ContainerNotPaused:
+            await self._refresh(row)
+            if row.status != "running":
+                raise ContainerNotRunning(
+                    row.id, row.status, f"container {row.id!r} is not paused but {row.status}, so there is nothing to "
+                    "resume; start or restart it instead"
+                ) from None
+        await self._refresh_after_change(row)
+        await self.activity.touch(row.id)
+        logger.info("resumed container %s by %s", row.id, caller.user)
         return row
 
     async def remove(self, caller: Caller, reference: str, force: bool) -> Container:
@@ -463,6 +523,7 @@ class ContainerService:
         row.removed_at = row.updated_at = utcnow()
         await row.save()
         self._samples.pop(row.id, None)
+        self.activity.forget(row.id)
         logger.info("removed container %s by %s", row.id, caller.user)
         return row
 
@@ -482,9 +543,10 @@ class ContainerService:
         """Run a command in a running container; return the result and its duration in milliseconds."""
         options = self._exec_options(request)
         row = await self._find(caller, request.container_id)
+        _check_not_paused(row, "run commands")
 
         started = time.perf_counter()
-        async with self._engine_errors(row):
+        async with self.activity.session(row.id), self._engine_errors(row):
             result = await self.runtime.exec(
                 row.docker_id, request.command, **options, max_output=parse_size(self.settings.exec.max_output)
             )
@@ -500,9 +562,39 @@ class ContainerService:
         """
         options = self._exec_options(request)
         row = await self._find(caller, request.container_id)
+        _check_not_paused(row, "run commands")
         stream = self.runtime.exec_stream(row.docker_id, request.command, **options)
         opened = await self._open_stream(row, stream)
-        return _log_exec_end(opened, row.id, caller.user)
+        return self.activity.stream(row.id, _log_exec_end(opened, row.id, caller.user))
+
+    async def open_exec(
+        self,
+        caller: Caller,
+        reference: str,
+        command: list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> tuple[Container, ExecSession]:
+        """Start an interactive command in a running container and return its row and session.
+
+        The caller closes the session. Counting it as activity while it is open is the caller's
+        part too, with `self.activity.session(row.id)`.
+        """
+        check_env(env or {})
+        check_workdir(workdir)
+        row = await self._find(caller, reference)
+        _check_not_paused(row, "run commands")
+        async with self._engine_errors(row):
+            session = await self.runtime.open_exec(
+                row.docker_id, command, tty=tty, env=env or None, workdir=workdir, user=user, cols=cols, rows=rows
+            )
+        logger.info("opened exec session in container %s tty=%s by %s", row.id, tty, caller.user)
+        return row, session
 
     def _exec_options(self, request: ExecRequest) -> dict[str, Any]:
         """Return the runtime's keyword arguments for `request`; raise InvalidField for a timeout above the maximum."""
@@ -522,7 +614,8 @@ class ContainerService:
         Errors the engine reports before the first output raise here, as `_open_stream` describes.
         """
         row = await self._find(caller, reference)
-        return await self._open_stream(row, self.runtime.logs(row.docker_id, options))
+        opened = await self._open_stream(row, self.runtime.logs(row.docker_id, options))
+        return self.activity.stream(row.id, opened)
 
     async def _open_stream(self, row: Container, stream: AsyncIterator[T]) -> AsyncIterator[T]:
         """Wait up to FIRST_OUTPUT_WAIT seconds for the stream's first item, and return the whole stream.
@@ -541,6 +634,8 @@ class ContainerService:
     async def stats(self, caller: Caller, reference: str) -> tuple[Container, StatsSample, float | None]:
         """Read a running container's counters; CPU percent comes from this reading and the one before."""
         row = await self._find(caller, reference)
+        _check_not_paused(row, "report its current usage")
+        await self.activity.touch(row.id)
         async with self._engine_errors(row):
             current = await self.runtime.stats(row.docker_id)
             stored = self._samples.get(row.id)
@@ -560,6 +655,59 @@ class ContainerService:
     async def find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:
         """Find the caller's container by id or name without asking the engine, as `_find` does."""
         return await self._find(caller, reference, include_removed)
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def stat_path(self, caller: Caller, reference: str, path: str | None) -> tuple[Container, PathStat]:
+        """Describe an absolute path in a container, running or stopped."""
+        path = check_path(path)
+        row = await self._find(caller, reference)
+        async with self._engine_errors(row):
+            stat = await self.runtime.stat_path(row.docker_id, path)
+        await self.activity.touch(row.id)
+        return row, stat
+
+    async def download(self, caller: Caller, reference: str, path: str | None) -> tuple[PathStat, AsyncIterator[bytes]]:
+        """Describe `path` and open the tar stream of it; a missing path raises before any of the stream is sent."""
+        row, stat = await self.stat_path(caller, reference, path)
+        chunks = await self._open_stream(row, self.runtime.read_archive(row.docker_id, path))
+        logger.info("copying %s from container %s by %s", path, row.id, caller.user)
+        return stat, self.activity.stream(row.id, chunks)
+
+    async def upload(
+        self,
+        caller: Caller,
+        reference: str,
+        path: str | None,
+        body: AsyncIterable[bytes],
+        *,
+        size: int | None,
+        single_file: bool,
+    ) -> Container:
+        """Copy an upload into a container: a tar archive extracted into the directory `path`, or one file at `path`.
+
+        `size` is the request's Content-Length, which must be known and within `files.max_upload`
+        before any byte is read, so a refused upload leaves nothing in the container.
+        """
+        target = check_path(path)
+        limit = parse_size(self.settings.files.max_upload)
+        if size is None:
+            raise InvalidField(
+                "Content-Length",
+                "the upload has no Content-Length; send the body with its length (curl --data-binary @FILE does)",
+                status=411,
+            )
+        if size > limit:
+            raise UploadTooLarge(size, limit)
+        if single_file:
+            target, name = split_file_path(target)
+            body = single_file_archive(name, size, body)
+
+        row = await self._find(caller, reference)
+        async with self.activity.session(row.id), self._engine_errors(row):
+            await self.runtime.write_archive(row.docker_id, target, body)
+        logger.info("copied %d bytes to %s in container %s by %s", size, path, row.id, caller.user)
+        return row
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -601,10 +749,30 @@ class _EngineErrors:
             raise ContainerNotFound(self.row.id, f"container {self.row.id!r} no longer exists in the engine") from None
         if isinstance(exc, ContainerNotRunning):
             await self.service._refresh(self.row)
+            _check_not_paused(self.row, "run commands")
             raise ContainerNotRunning(self.row.id, self.row.status) from None
         if isinstance(exc, ContainerRunning):
             raise ContainerRunning(self.row.id) from None
+        if isinstance(exc, PathNotFound):
+            raise PathNotFound(self.row.id, exc.extra["path"], exc.hint) from None
+        if isinstance(exc, PathReadOnly):
+            raise PathReadOnly(self.row.id, exc.extra["path"], exc.reason) from None
         return False
+
+
+def _check_not_paused(row: Container, action: str) -> None:
+    """Raise ContainerPaused when the row says the container is paused, so it cannot do `action`."""
+    if row.status == "paused":
+        raise ContainerPaused(row.id, action)
+
+
+async def _start_timers_of_claim(row: Container, timers: Timers) -> None:
+    """Give a claimed pool member the timers of its request, counted from the claim."""
+    apply_timers(row, timers)
+    start_clock(row, utcnow())
+    await Container.update({column: getattr(row, column._meta.name) for column in TIMER_COLUMNS}).where(
+        Container.id == row.id
+    )
 
 
 def _select():

@@ -73,8 +73,8 @@ def build_spec(
     check_name(name)
     _check_image(image)
     _check_project(request.project_id)
-    _check_env(request.env)
-    _check_workdir(request.workdir)
+    check_env(request.env)
+    check_workdir(request.workdir)
     _check_labels(request.labels)
 
     labels = {
@@ -237,7 +237,7 @@ def _check_image(image: str) -> None:
         )
 
 
-def _check_workdir(workdir: str | None) -> None:
+def check_workdir(workdir: str | None) -> None:
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidField("workdir", f"workdir {workdir!r} must be an absolute path, such as /app")
 
@@ -250,7 +250,7 @@ def _check_project(project_id: str | None) -> None:
         )
 
 
-def _check_env(env: dict[str, str]) -> None:
+def check_env(env: dict[str, str]) -> None:
     for key, value in env.items():
         if not ENV_NAME_PATTERN.match(key):
             raise InvalidField(f"env.{key}", f"environment variable name {key!r} must be non-empty without '='")

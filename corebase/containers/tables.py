@@ -48,6 +48,14 @@ class Container(Table, tablename="containers"):
     isolation = Varchar(length=16, default="standard")
     # The engine network the container joined: its owner's CoreBase network, or "none".
     network = Varchar(length=128, null=True, default=None)
+    # Timers that the lifecycle loop (corebase.containers.lifecycle) acts on. `ttl` and
+    # `idle_timeout` are seconds; `expires_at` is the start time plus `ttl`.
+    ttl = Real(null=True, default=None)
+    expires_at = Timestamptz(null=True, default=None, index=True)
+    idle_timeout = Real(null=True, default=None)
+    last_activity_at = Timestamptz(null=True, default=None)
+    # Remove the container, and mark its row removed, once it has exited.
+    auto_remove = Boolean(default=False)
 
 
 def row_values(row: Container) -> dict:

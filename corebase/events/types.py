@@ -9,8 +9,10 @@ from typing import Any
 import msgspec
 
 # Event types. Container lifecycle comes from the engine's event stream, except
-# container.reconciled, which the reconciler sends for each repair; metric samples come from the
-# collector; alert changes from rule evaluation.
+# container.reconciled, which the reconciler sends for each repair, and container.expired,
+# container.idle_stopped and container.auto_removed, which the lifecycle loop sends for each
+# action on a container's timers; metric samples come from the collector; alert changes from
+# rule evaluation.
 CONTAINER_TYPES = (
     "container.created",
     "container.started",
@@ -22,6 +24,9 @@ CONTAINER_TYPES = (
     "container.paused",
     "container.unpaused",
     "container.reconciled",
+    "container.expired",
+    "container.idle_stopped",
+    "container.auto_removed",
 )
 METRIC_TYPES = ("metric.sample",)
 ALERT_TYPES = ("alert.pending", "alert.firing", "alert.resolved")

@@ -702,8 +702,11 @@ class PoolService:
 
 
 def _poolable(request: StartRequest) -> bool:
-    """Tell whether a request needs nothing that a running pool member cannot give."""
-    plain = msgspec.structs.replace(request, name=None, project_id=None, labels={})
+    """Tell whether a request needs nothing that a running pool member cannot give.
+
+    Timers (ttl, idleTimeout, autoRemove) live in the row, not in the engine, so a claim can give them too.
+    """
+    plain = msgspec.structs.replace(request, name=None, project_id=None, labels={}, ttl=None, idle_timeout=None, auto_remove=None)
     return plain == StartRequest(template=request.template)
 
 

@@ -37,6 +37,11 @@ class TemplateSpec(msgspec.Struct, kw_only=True):
     user: str | None = None
     # Isolation level of containers from this template unless the request names one; None uses the configured default.
     isolation: Literal["standard", "sandboxed"] | None = None
+    # Timers of containers from this template unless a start request sets them: seconds until
+    # removal after the start, seconds without activity until a stop, and removal after exit.
+    ttl: float | None = None
+    idle_timeout: float | None = None
+    auto_remove: bool = False
     version: int = 1
     builtin: bool = True
     owner: str | None = None

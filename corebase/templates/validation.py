@@ -6,6 +6,7 @@ import re
 from typing import Literal
 
 from corebase.containers.spec import ENGINE_MIN_MEMORY, ENV_NAME_PATTERN, IMAGE_PATTERN
+from corebase.containers.timers import check_duration
 from corebase.errors import InvalidField
 from corebase.runtime.types import HealthCheck
 from corebase.settings import Settings
@@ -35,6 +36,9 @@ def build_template(
     workdir: str | None,
     user: str | None,
     isolation: Literal["standard", "sandboxed"] | None = None,
+    ttl: float | str | None = None,
+    idle_timeout: float | str | None = None,
+    auto_remove: bool = False,
 ) -> TemplateSpec:
     """Check every field of a custom template and return it; raise InvalidField naming the first bad one."""
     if not TEMPLATE_NAME_PATTERN.match(name):
@@ -76,6 +80,9 @@ def build_template(
         _check_healthcheck(healthcheck)
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidField("workdir", f"workdir {workdir!r} must be an absolute path")
+    lifecycle = settings.lifecycle
+    ttl_seconds = check_duration("ttl", ttl, lifecycle.max_ttl, "lifecycle.max_ttl")
+    idle_seconds = check_duration("idleTimeout", idle_timeout, lifecycle.max_idle_timeout, "lifecycle.max_idle_timeout")
 
     return TemplateSpec(
         name=name,
@@ -94,6 +101,9 @@ def build_template(
         workdir=workdir,
         user=user,
         isolation=isolation,
+        ttl=ttl_seconds,
+        idle_timeout=idle_seconds,
+        auto_remove=auto_remove,
         builtin=False,
     )
 
