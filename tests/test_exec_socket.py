@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from api_support import server_fixture, start_body
+from api_support import remove_server_containers, server_fixture, start_body
 from support.server import RunningServer
 
 pytestmark = pytest.mark.engine
@@ -22,8 +22,12 @@ SLEEPER = ["sleep", "600"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, docker_available) -> RunningServer:
-    yield from server_fixture(tmp_path_factory)
+async def server(tmp_path_factory, docker_available) -> AsyncIterator[RunningServer]:
+    for running in server_fixture(tmp_path_factory):
+        try:
+            yield running
+        finally:
+            await remove_server_containers(running.data_dir)
 
 
 @pytest.fixture(scope="module")

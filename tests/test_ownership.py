@@ -34,6 +34,8 @@ MISSING = "missing0123456789"
 # request to each. Admin-only routes are covered by the role matrix, because no developer reaches them.
 PATH_ID_ROUTES = {
     ("GET", "/api/runtime/containers/{container_id:str}"),
+    ("GET", "/api/runtime/containers/{container_id:str}/files"),
+    ("PUT", "/api/runtime/containers/{container_id:str}/files"),
     ("GET", "/api/runtime/templates/{name:str}"),
     ("PUT", "/api/runtime/templates/{name:str}"),
     ("DELETE", "/api/runtime/templates/{name:str}"),
@@ -153,6 +155,20 @@ def requests_for(owned: Owned, test_image: str) -> list[tuple[tuple[str, str], d
         ("/api/runtime/restart", "POST", "/api/runtime/restart", {"json": {"containerId": container, "timeout": 1}}),
         ("/api/runtime/remove", "POST", "/api/runtime/remove", {"json": {"containerId": container, "force": True}}),
         ("/api/runtime/exec", "POST", "/api/runtime/exec", {"json": {"containerId": container, "command": ["true"]}}),
+        ("/api/runtime/pause", "POST", "/api/runtime/pause", {"json": {"containerId": container}}),
+        ("/api/runtime/resume", "POST", "/api/runtime/resume", {"json": {"containerId": container}}),
+        (
+            "/api/runtime/containers/{container_id:str}/files",
+            "GET",
+            f"/api/runtime/containers/{container}/files",
+            {"params": {"path": "/"}},
+        ),
+        (
+            "/api/runtime/containers/{container_id:str}/files",
+            "PUT",
+            f"/api/runtime/containers/{container}/files",
+            {"params": {"path": "/intruder.txt"}, "content": "x", "headers": {"Content-Type": "application/octet-stream"}},
+        ),
         ("/api/runtime/logs", "GET", "/api/runtime/logs", {"params": {"containerId": container}}),
         ("/api/runtime/logs", "GET", "/api/runtime/logs", {"params": {"containerId": container, "follow": "true"}}),
         ("/api/runtime/stats", "GET", "/api/runtime/stats", {"params": {"containerId": container}}),
