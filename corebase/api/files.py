@@ -21,6 +21,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, head, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
@@ -36,7 +37,9 @@ TAR = "application/x-tar"
 OCTET_STREAM = "application/octet-stream"
 STAT_HEADER = "X-Container-Path-Stat"
 
-ContainerPath = Annotated[str, QueryParameter(description="Absolute path in the container, such as /app or /app/notes.txt")]
+ContainerPath = Annotated[
+    str, QueryParameter(description="Absolute path in the container, such as /app or /app/notes.txt", pattern="^/")
+]
 STAT_HEADER_SPEC = ResponseHeader(
     documentation_only=True,
     name=STAT_HEADER,
@@ -64,6 +67,23 @@ class UploadRecord(Record):
     size: int
 
 
+@dataclasses.dataclass
+class UploadOperation(Operation):
+    """The upload's OpenAPI operation, with the request body the handler streams itself.
+
+    The handler reads the body from the request instead of a `data` parameter, so that it is not
+    held in memory, and Litestar documents no request body for such a handler.
+    """
+
+    def __post_init__(self) -> None:
+        binary = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY))
+        self.request_body = RequestBody(
+            required=True,
+            description="A tar archive to extract into the directory `path`, or the bytes of the file `path`",
+            content={TAR: binary, OCTET_STREAM: binary},
+        )
+
+
 def _upload_problems():
     responses = problem_responses(400, 404, 409, 411, 413, 415, 422, *ENGINE_STATUSES)
     responses[413] = dataclasses.replace(
@@ -85,6 +105,7 @@ class FileController(Controller):
         "there. The body needs a Content-Length, at most files.max_upload bytes. A missing directory is a 404, a "
         "read-only target a 409.",
         responses=_upload_problems(),
+        operation_class=UploadOperation,
         request_max_body_size=None,
         opt={"audit_action": "runtime.files.upload"},
     )
