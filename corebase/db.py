@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("PICCOLO_CONF", "corebase.piccolo_conf")
 
 SQLITE_FILE = "corebase.sqlite"
+# Seconds a write waits for another writer before SQLite gives up with "database is locked",
+# which the API answers with 503 (sqlite3's default is 5, too short for a loaded machine).
+SQLITE_BUSY_TIMEOUT = 30.0
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -34,10 +37,10 @@ def create_engine(settings: Settings) -> Engine:
     if not url:
         data_dir = settings.data_path
         data_dir.mkdir(parents=True, exist_ok=True)
-        return SQLiteEngine(path=str(data_dir / SQLITE_FILE))
+        return SQLiteEngine(path=str(data_dir / SQLITE_FILE), timeout=SQLITE_BUSY_TIMEOUT)
 
     if urlsplit(url).scheme == "sqlite":
-        return SQLiteEngine(path=url.split("://", 1)[1])
+        return SQLiteEngine(path=url.split("://", 1)[1], timeout=SQLITE_BUSY_TIMEOUT)
     # load_settings accepts only sqlite and postgres URLs.
     return PostgresEngine(config={"dsn": url}, log_queries=False)
 

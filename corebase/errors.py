@@ -450,6 +450,18 @@ class ImagePullFailed(EngineError):
         super().__init__(f"pulling image {image!r} failed: {reason}", image=image)
 
 
+class DatabaseUnavailable(ApiError):
+    """The database is unreachable or stayed busy past its wait; the request changed nothing and can be retried."""
+
+    status = 503
+    slug = "database-unavailable"
+    title = "Database unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 2) -> None:
+        super().__init__(detail, dependency="database", retryAfter=retry_after)
+        self.headers["Retry-After"] = str(retry_after)
+
+
 class EngineUnavailable(ApiError):
     """The container engine cannot be reached; `dependency` names it, and Retry-After says when to try again."""
 

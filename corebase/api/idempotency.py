@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from corebase.api.records import container_record
@@ -22,8 +22,8 @@ from corebase.idempotency import HEADER, REPLAY_HEADER, IdempotencyService, chec
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Parameter(
-        header=HEADER,
+    HeaderParameter(
+        name=HEADER,
         required=False,
         description="A unique value per start, such as a UUID. A retry with the same key and body returns the "
         "first response instead of starting another container; the same key with another body is a 422.",

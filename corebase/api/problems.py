@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from corebase.errors import PROBLEM_TYPE_BASE, ApiError
+from corebase.errors import PROBLEM_TYPE_BASE, ApiError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,10 @@ def _too_large(request: Request) -> dict[str, Any]:
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
+    unavailable = database_unavailable(exc)
+    if unavailable is not None:
+        logger.warning("%s %s: %s", request.method, request.url.path, unavailable.detail)
+        return handle_api_error(request, unavailable)
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     body = {
         "type": PROBLEM_TYPE_BASE + "internal-error",
@@ -131,6 +137,18 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
         "instance": request.url.path,
     }
     return _problem(body, 500)
+
+
+def database_unavailable(exc: BaseException) -> DatabaseUnavailable | None:
+    """Map a database that is locked, busy or unreachable to a 503; return None for any other error."""
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return DatabaseUnavailable(
+            f"the SQLite database stayed busy with other writes ({exc}); retry, or move to PostgreSQL for heavy write loads"
+        )
+    if isinstance(exc, (asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
+                        asyncpg.InterfaceError, ConnectionError)):
+        return DatabaseUnavailable(f"the database could not be reached ({type(exc).__name__}: {exc}); retry shortly")
+    return None
 
 
 def _slug(status: int) -> str:
