@@ -290,6 +290,7 @@ CLASS_OF_STATUS = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    413: client_errors.TooLarge,
     422: ValidationError,
     429: RateLimited,
 }

@@ -68,7 +68,10 @@ def connect(server: RunningServer, key: str, container_id: str, **query):
 
 
 async def receive(socket) -> dict:
-    return json.loads(await asyncio.wait_for(socket.recv(), WAIT))
+    """Return the next message, passing over the one that says the command started."""
+    while (message := json.loads(await asyncio.wait_for(socket.recv(), WAIT)))["type"] == "started":
+        pass
+    return message
 
 
 async def read_until(socket, text: str) -> str:
@@ -109,6 +112,7 @@ async def read_to_exit(socket) -> tuple[dict[str, str], dict]:
 async def test_tty_shell_session(server: RunningServer, keys: dict[str, str], container: str):
     async with connect(server, keys["erin"], container) as socket:
         await socket.send(json.dumps({"type": "start", "command": ["sh"], "tty": True, "cols": 80, "rows": 24}))
+        assert json.loads(await asyncio.wait_for(socket.recv(), WAIT)) == {"type": "started", "tty": True}
         await socket.send(json.dumps({"type": "stdin", "data": "echo hi\n"}))
         assert "hi\r\n" in await read_until(socket, "hi\r\n")
 

@@ -6,9 +6,10 @@ KEY=VALUE, repeated) or in its first message:
 
     {"type": "start", "command": ["sh"], "tty": true, "cols": 80, "rows": 24, "env": {"A": "1"}}
 
-Then the client sends stdin as binary messages, or as {"type": "stdin", "data": "ls\\n"}, and
-controls the session with {"type": "resize", "cols": 120, "rows": 40}, {"type": "signal", "name":
-"INT"} and {"type": "eof"}, which closes stdin. The server sends output as {"type": "output",
+Once the command runs, the server sends {"type": "started", "tty": true}. Then the client sends
+stdin as binary messages, or as {"type": "stdin", "data": "ls\\n"}, and controls the session
+with {"type": "resize", "cols": 120, "rows": 40}, {"type": "signal", "name": "INT"} and
+{"type": "eof"}, which closes stdin. The server sends output as {"type": "output",
 "stream": "stdout", "data": "..."}: with a TTY everything is stdout, as the terminal sent it;
 without one stdout and stderr stay apart. Output is decoded as UTF-8, each stream on its own, so a
 character split between two pieces arrives whole, and invalid bytes become U+FFFD. The last
@@ -91,7 +92,8 @@ MESSAGE_TYPES: tuple[str, ...] = ("start", "stdin", "resize", "signal", "eof")
     "rows, workdir, user and env (KEY=VALUE, repeated); without command, the first message is "
     '{"type": "start", "command": [...], ...}. Client messages: binary stdin, {"type": "stdin", "data"}, '
     '{"type": "resize", "cols", "rows"}, {"type": "signal", "name"} and {"type": "eof"}. Server messages: '
-    '{"type": "output", "stream", "data"}, {"type": "error", ...} and last {"type": "exit", "exitCode"}.',
+    '{"type": "started", "tty"}, {"type": "output", "stream", "data"}, {"type": "error", ...} and last '
+    '{"type": "exit", "exitCode"}.',
     opt={"access": READ_WRITE, "audit_sessions": True, "audit_action": "runtime.exec.session"},
 )
 async def exec_socket(socket: WebSocket) -> None:
@@ -121,6 +123,7 @@ async def exec_socket(socket: WebSocket) -> None:
     details: dict = {"tty": start.tty, "exitCode": None}
     socket.scope[AUDIT_DETAILS] = details  # type: ignore[literal-required]
     try:
+        await socket.send_text(encode({"type": "started", "tty": start.tty}).decode())
         async with containers.activity.session(row.id):
             await run_until_disconnect(socket, _read_client(socket, session), _forward_output(socket, session, details))
     finally:

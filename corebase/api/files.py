@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
 import msgspec
@@ -27,7 +26,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
 
 from corebase.api.openapi import ENGINE_STATUSES, problem_responses
-from corebase.api.schemas import Record
+from corebase.api.schemas import STAT_HEADER, PathStatRecord, UploadRecord
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
 from corebase.errors import InvalidField
@@ -35,7 +34,6 @@ from corebase.runtime.types import PathStat
 
 TAR = "application/x-tar"
 OCTET_STREAM = "application/octet-stream"
-STAT_HEADER = "X-Container-Path-Stat"
 
 ContainerPath = Annotated[
     str, QueryParameter(description="Absolute path in the container, such as /app or /app/notes.txt", pattern="^/")
@@ -46,25 +44,6 @@ STAT_HEADER_SPEC = ResponseHeader(
     description='The path as JSON: {"name", "size", "mode", "type", "modifiedAt", "linkTarget"}; non-ASCII '
     "characters are written as \\u escapes",
 )
-
-
-class PathStatRecord(Record):
-    """A path in a container. `mode` is the permission bits; `type` is file, directory, symlink or other."""
-
-    name: str
-    size: int
-    mode: int
-    type: Literal["file", "directory", "symlink", "other"]
-    modified_at: datetime | None
-    link_target: str | None
-
-
-class UploadRecord(Record):
-    container_id: str
-    # The directory the archive was extracted into, or the path of the uploaded file.
-    path: str
-    # Bytes received: the archive's size, or the file's.
-    size: int
 
 
 @dataclasses.dataclass

@@ -200,6 +200,29 @@ class ExecEndLine(Record):
     error: dict[str, Any] | None = None
 
 
+# The response header of GET and HEAD /api/runtime/containers/{id}/files that describes the path as JSON.
+STAT_HEADER = "X-Container-Path-Stat"
+
+
+class PathStatRecord(Record):
+    """A path in a container. `mode` is the permission bits; `type` is file, directory, symlink or other."""
+
+    name: str
+    size: int
+    mode: int
+    type: Literal["file", "directory", "symlink", "other"]
+    modified_at: datetime | None
+    link_target: str | None
+
+
+class UploadRecord(Record):
+    container_id: str
+    # The directory the archive was extracted into, or the path of the uploaded file.
+    path: str
+    # Bytes received: the archive's size, or the file's.
+    size: int
+
+
 class StatsRecord(Record):
     container_id: str
     read_at: datetime

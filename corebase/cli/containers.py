@@ -1,4 +1,4 @@
-"""`corebase containers start|ls|inspect|exec|logs|stop|restart|rm`."""
+"""`corebase containers start|ls|inspect|exec|cp|logs|stop|restart|pause|resume|rm`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 import msgspec
 
 from corebase.cli.context import Context, UsageError, command, identifier
+from corebase.cli.copy import run_cp
 from corebase.cli.output import Column, ExitCode
+from corebase.cli.terminal import run_session
 
 STATUSES = ("creating", "created", "running", "paused", "restarting", "exited", "dead", "failed", "removed")
 
@@ -54,6 +56,9 @@ def register(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
     start.add_argument("-v", "--volume", action="append", default=[], metavar="SOURCE:TARGET[:ro]", help="named volume (repeatable)")
     start.add_argument("--isolation", choices=("standard", "sandboxed"), help="sandboxed runs the container under gVisor")
     start.add_argument("--network", choices=("owner", "none"), help="none gives the container no network")
+    start.add_argument("--ttl", help='remove the container this long after it starts: seconds, or such as "1h"')
+    start.add_argument("--idle-timeout", help='stop the container after this long without activity: seconds, or such as "15m"')
+    start.add_argument("--rm", action="store_true", help="remove the container once it has exited")
     start.add_argument("--idempotency-key", help="key that makes a retried start the same request")
     command(start, run_start)
 
@@ -74,7 +79,9 @@ def register(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
         parents=[options],
         help="run a command in a running container; exits with the command's exit code",
         description="Run COMMAND to completion and print its output. The exit status is the command's, "
-        "or 124 when it ran past its timeout.",
+        "or 124 when it ran past its timeout. With -i or -t the command runs in an interactive session "
+        "instead: -i passes this terminal's input to it, -t gives it a terminal (this one goes into raw "
+        "mode, so Ctrl-C reaches the command), and --timeout does not apply.",
     )
     exec_.add_argument("container", type=identifier, help="container id or name")
     exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND", help="program and arguments")
@@ -82,7 +89,21 @@ def register(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
     exec_.add_argument("-w", "--workdir", help="working directory")
     exec_.add_argument("-u", "--user", help="user the command runs as")
     exec_.add_argument("--timeout", type=float, help="seconds the command may run (default: the server's exec.default_timeout)")
+    exec_.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the command")
+    exec_.add_argument("-t", "--tty", action="store_true", help="give the command a terminal; use with -i for a shell")
     command(exec_, run_exec)
+
+    cp = subcommands.add_parser(
+        "cp",
+        parents=[options],
+        help="copy files between this machine and a container",
+        description="Copy SOURCE to DESTINATION, one of them CONTAINER:PATH and the other a local path. A "
+        "file or directory copied into an existing directory keeps its name; otherwise it takes the name "
+        "of DESTINATION. A DESTINATION of - writes a tar archive of the container path to stdout.",
+    )
+    cp.add_argument("source", help="CONTAINER:PATH or a local path")
+    cp.add_argument("destination", help="CONTAINER:PATH, a local path, or -")
+    command(cp, run_cp)
 
     logs = subcommands.add_parser("logs", parents=[options], help="print a container's output")
     logs.add_argument("container", type=identifier, help="container id or name")
@@ -92,6 +113,14 @@ def register(commands: argparse._SubParsersAction, options: argparse.ArgumentPar
     logs.add_argument("--until", help="only output before this time: RFC 3339, or Unix seconds")
     logs.add_argument("--timestamps", action="store_true", help="start each line with its time")
     command(logs, run_logs)
+
+    for name, handler, summary in (
+        ("pause", run_pause, "freeze a running container's processes"),
+        ("resume", run_resume, "let a paused container's processes run again"),
+    ):
+        parser = subcommands.add_parser(name, parents=[options], help=summary)
+        parser.add_argument("container", type=identifier, help="container id or name")
+        command(parser, handler)
 
     for name, handler, summary in (
         ("stop", run_stop, "stop a container: SIGTERM, then SIGKILL after the grace period"),
@@ -148,6 +177,9 @@ def run_start(context: Context) -> None:
             volumes=args.volume or None,
             isolation=args.isolation,
             network=args.network,
+            ttl=args.ttl,
+            idle_timeout=args.idle_timeout,
+            auto_remove=args.rm or None,
             idempotency_key=args.idempotency_key,
         )
 
@@ -189,6 +221,19 @@ def run_exec(context: Context) -> int:
     words = _command(args.cmd)
     if not words:
         raise UsageError("no command given; put the program and its arguments after the container")
+    if args.interactive or args.tty:
+        exit_code = run_session(
+            context.client,
+            args.container,
+            words,
+            interactive=args.interactive,
+            terminal=args.tty,
+            env=dict(args.env) or None,
+            workdir=args.workdir,
+            user=args.user,
+        )
+        # A session whose exit code the engine did not report counts as failed.
+        return 1 if exit_code is None else exit_code
     result = context.client.containers.exec(
         args.container, words, env=dict(args.env) or None, workdir=args.workdir, user=args.user, timeout=args.timeout
     )
@@ -232,6 +277,16 @@ def run_stop(context: Context) -> None:
 def run_restart(context: Context) -> None:
     with context.out.waiting("Restarting the container"):
         record = context.client.containers.restart(context.args.container, timeout=context.args.timeout)
+    context.out.result(record, lambda: context.out.line(record.id))
+
+
+def run_pause(context: Context) -> None:
+    record = context.client.containers.pause(context.args.container)
+    context.out.result(record, lambda: context.out.line(record.id))
+
+
+def run_resume(context: Context) -> None:
+    record = context.client.containers.resume(context.args.container)
     context.out.result(record, lambda: context.out.line(record.id))
 
 

@@ -9,8 +9,10 @@ and finding the next page. So the two clients differ only in `await`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -33,6 +35,11 @@ class Call(Generic[T]):
     the read timeout, for requests whose length the server bounds, such as a start that pulls an
     image or a followed log. `ok_statuses` lists error statuses whose body still decodes into
     `returns`, such as the 503 of a degraded /health.
+
+    `content` is a raw request body of type `content_type` instead of a JSON `body`: bytes, or
+    a local file's Path, which is sent in chunks. `returns=bytes` makes a streamed call yield
+    the raw body in chunks. With `from_header`, the response's JSON comes from that header, as
+    a HEAD request has no body.
     """
 
     method: str
@@ -43,6 +50,9 @@ class Call(Generic[T]):
     headers: Mapping[str, str] | None = None
     wait: float | None = 0.0
     ok_statuses: frozenset[int] = frozenset()
+    content: bytes | Path | None = None
+    content_type: str | None = None
+    from_header: str | None = None
 
     def with_params(self, **params: Any) -> Call[T]:
         return dataclasses.replace(self, params={**(self.params or {}), **params})
@@ -79,13 +89,47 @@ def query(**params: Any) -> dict[str, Any]:
 
 def build_request(http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.Request:
     headers = dict(call.headers or {})
-    content = None
+    content: Any = None
     if call.body is not None:
         content = _encoder.encode(call.body)
         headers["content-type"] = "application/json"
+    elif call.content is not None:
+        content, length = _raw_content(call.content, asynchronous=isinstance(http, httpx.AsyncClient))
+        headers["content-type"] = call.content_type or "application/octet-stream"
+        headers["content-length"] = str(length)
     return http.build_request(
         call.method, call.path, params=call.params, content=content, headers=headers, timeout=_timeout(http.timeout, call)
     )
+
+
+# Bytes read from a local file per chunk of an upload.
+CHUNK_SIZE = 256 * 1024
+
+
+def _raw_content(content: bytes | Path, *, asynchronous: bool) -> tuple[Any, int]:
+    """Return a raw body for httpx and its length; a file is read in chunks as it is sent.
+
+    The length goes into Content-Length, which CoreBase's uploads need, so httpx does not send
+    the chunks with chunked transfer encoding.
+    """
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        return bytes(content), len(content)
+    if not isinstance(content, os.PathLike):
+        raise TypeError(f"an upload is bytes or a pathlib.Path of a local file, not {type(content).__name__}")
+    size = Path(content).stat().st_size
+    return (_file_chunks_async(Path(content)) if asynchronous else _file_chunks(Path(content))), size
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            yield chunk
+
+
+async def _file_chunks_async(path: Path) -> AsyncIterator[bytes]:
+    # A local file reads fast enough that the event loop does not notice these blocking reads.
+    for chunk in _file_chunks(path):
+        yield chunk
 
 
 def _timeout(default: httpx.Timeout, call: Call[Any]) -> httpx.Timeout:
@@ -102,6 +146,8 @@ def read_response(call: Call[T], response: httpx.Response) -> T:
         raise problem_error(response)
     if call.returns is None:
         return None  # type: ignore[return-value]
+    if call.from_header is not None:
+        return decode(response.headers.get(call.from_header, "").encode(), call.returns, response)
     return decode(response.content, call.returns, response)
 
 

@@ -37,7 +37,10 @@ class SyncSession:
         return read_response(call, response)
 
     def stream(self, call: Call[T]) -> Iterator[T]:
-        """Yield each line of a JSON-lines response, decoded into `call.returns`, as it arrives."""
+        """Yield each line of a JSON-lines response, decoded into `call.returns`, as it arrives.
+
+        With `returns=bytes`, yield the raw body in chunks instead.
+        """
         request = build_request(self.http, call)
         try:
             response = self.http.send(request, stream=True)
@@ -45,6 +48,9 @@ class SyncSession:
                 if not response.is_success:
                     response.read()
                     raise problem_error(response)
+                if call.returns is bytes:
+                    yield from response.iter_bytes()  # type: ignore[misc]
+                    return
                 for line in response.iter_lines():
                     if line:
                         yield decode(line.encode(), call.returns, response)
@@ -78,7 +84,10 @@ class AsyncSession:
         return read_response(call, response)
 
     async def stream(self, call: Call[T]) -> AsyncIterator[T]:
-        """Yield each line of a JSON-lines response, decoded into `call.returns`, as it arrives."""
+        """Yield each line of a JSON-lines response, decoded into `call.returns`, as it arrives.
+
+        With `returns=bytes`, yield the raw body in chunks instead.
+        """
         request = build_request(self.http, call)
         try:
             response = await self.http.send(request, stream=True)
@@ -86,6 +95,10 @@ class AsyncSession:
                 if not response.is_success:
                     await response.aread()
                     raise problem_error(response)
+                if call.returns is bytes:
+                    async for chunk in response.aiter_bytes():
+                        yield chunk  # type: ignore[misc]
+                    return
                 async for line in response.aiter_lines():
                     if line:
                         yield decode(line.encode(), call.returns, response)

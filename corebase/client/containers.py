@@ -1,24 +1,31 @@
-"""`client.containers`: start, inspect, run commands in, read logs and stats of, and stop containers."""
+"""`client.containers`: start, inspect, run commands in, copy files into and out of, read logs and stats of,
+pause and stop containers."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from corebase.api.schemas import (
+    STAT_HEADER,
     ContainerPage,
     ContainerRecord,
     ExecRecord,
     MountRequest,
+    PathStatRecord,
     StatsHistory,
     StatsRecord,
     StatsTotals,
+    UploadRecord,
 )
 from corebase.client._call import Call, body, path, query
 from corebase.client._resource import Resource, S, endpoint, paged, stream
+from corebase.client._session import AsyncSession
+from corebase.client.sessions import AsyncExecSession, ExecSession
 
 Moment = datetime | float | str
 """A time: a datetime with a time zone, Unix seconds, or an RFC 3339 string."""
@@ -54,6 +61,9 @@ class Containers(Resource[S]):
         volumes: Sequence[str] | None = None,
         isolation: Literal["standard", "sandboxed"] | None = None,
         network: Literal["owner", "none"] | None = None,
+        ttl: float | str | None = None,
+        idle_timeout: float | str | None = None,
+        auto_remove: bool | None = None,
         idempotency_key: str | None = None,
     ) -> Call[ContainerRecord]:
         """Create and start a container from an image or a template, and return its record.
@@ -62,7 +72,9 @@ class Containers(Resource[S]):
         free one. `memory` is bytes or a string such as "512m". A template's database password
         is in the record's `credentials`, in this response only. With `idempotency_key`, a
         retried request names the same operation, so a server that supports the
-        Idempotency-Key header starts the container once.
+        Idempotency-Key header starts the container once. `ttl` (remove after) and
+        `idle_timeout` (stop after no activity) are seconds or strings such as "1h"; with
+        `auto_remove`, the container is removed once it exits.
         """
         fields = body(
             image=image,
@@ -83,6 +95,9 @@ class Containers(Resource[S]):
             volumes=_list(volumes),
             isolation=isolation,
             network=network,
+            ttl=ttl,
+            idle_timeout=idle_timeout,
+            auto_remove=auto_remove,
         )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         # A start may pull the image, which the server bounds with docker.pull_timeout.
@@ -104,6 +119,16 @@ class Containers(Resource[S]):
         """Restart a container, running or not; `timeout` is the stop's grace period in seconds."""
         fields = body(container_id=container_id, timeout=timeout)
         return Call("POST", "/api/runtime/restart", ContainerRecord, body=fields, wait=timeout or 0.0)
+
+    @endpoint
+    def pause(self, container_id: str) -> Call[ContainerRecord]:
+        """Freeze a running container's processes; exec and live stats answer 409 until `resume`."""
+        return Call("POST", "/api/runtime/pause", ContainerRecord, body=body(container_id=container_id))
+
+    @endpoint
+    def resume(self, container_id: str) -> Call[ContainerRecord]:
+        """Let a paused container's processes run again."""
+        return Call("POST", "/api/runtime/resume", ContainerRecord, body=body(container_id=container_id))
 
     @endpoint
     def remove(self, container_id: str, *, force: bool = False) -> Call[ContainerRecord]:
@@ -128,6 +153,64 @@ class Containers(Resource[S]):
         """
         fields = body(container_id=container_id, command=list(command), env=_dict(env), workdir=workdir, user=user, timeout=timeout)
         return Call("POST", "/api/runtime/exec", ExecRecord, body=fields, wait=timeout)
+
+    def session(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        *,
+        tty: bool = False,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> ExecSession | AsyncExecSession:
+        """Prepare an interactive exec session; it connects when its `with` (or `async with`) block starts.
+
+        `Client` returns an ExecSession, `AsyncClient` an AsyncExecSession. With `tty`, the command
+        gets a terminal of `cols` by `rows` characters. See `corebase.client.sessions`.
+        """
+        fields = body(command=list(command), tty=tty, env=_dict(env), workdir=workdir, user=user, cols=cols, rows=rows)
+        start = {"type": "start", **fields}
+        http = self._session.http
+        base = http.base_url
+        url = base.copy_with(
+            scheme="wss" if base.scheme == "https" else "ws",
+            path=base.path.rstrip("/") + "/api/runtime/exec/ws",
+            params={"containerId": container_id},
+        )
+        headers = {name: value for name, value in http.headers.items() if name.lower() in ("authorization", "user-agent")}
+        session_class = AsyncExecSession if isinstance(self._session, AsyncSession) else ExecSession
+        return session_class(str(url), headers, start)
+
+    @endpoint
+    def upload(self, container_id: str, path: str, source: bytes | Path, *, archive: bool = False) -> Call[UploadRecord]:
+        """Copy `source` (bytes, or a local file's Path) into the container.
+
+        Without `archive`, it becomes the file `path`. With `archive`, it is a tar archive that the
+        server extracts into the existing directory `path`. The server limits uploads to its
+        files.max_upload setting and raises TooLarge above it.
+        """
+        return Call(
+            "PUT",
+            path_of_files(container_id),
+            UploadRecord,
+            params={"path": path},
+            content=source,
+            content_type="application/x-tar" if archive else "application/octet-stream",
+            wait=None,
+        )
+
+    @stream
+    def download(self, container_id: str, path: str) -> Call[bytes]:
+        """Iterate over the bytes of a tar archive of `path`, a file or a directory, as the server sends them."""
+        return Call("GET", path_of_files(container_id), bytes, params={"path": path}, wait=None)
+
+    @endpoint
+    def stat(self, container_id: str, path: str) -> Call[PathStatRecord]:
+        """Describe `path` in the container (type, size, mode, modification time) without copying it."""
+        return Call("HEAD", path_of_files(container_id), PathStatRecord, params={"path": path}, from_header=STAT_HEADER)
 
     @stream
     def logs(
@@ -200,6 +283,10 @@ class Containers(Resource[S]):
         return Call("GET", "/api/runtime/containers", ContainerPage, params=params)
 
     iterate = paged(list, ContainerRecord)
+
+
+def path_of_files(container_id: str) -> str:
+    return path("/api/runtime/containers", container_id) + "/files"
 
 
 def _list(values: Sequence[str] | None) -> list[str] | None:

@@ -13,6 +13,7 @@
         │   └── QuotaExceeded    403: `quota`, `limit` and `usage`
         ├── NotFound             404
         ├── Conflict             409
+        ├── TooLarge             413: `limit` is the server's limit in bytes
         ├── RateLimited          429: `retry_after` seconds
         └── ServerError          5xx
             ├── EngineError      502: the container engine rejected the operation
@@ -141,6 +142,14 @@ class Conflict(ApiError):
     """The request conflicts with the current state: a name in use, or a container in the wrong state."""
 
 
+class TooLarge(ApiError):
+    """The request body, such as an upload, is larger than the server accepts."""
+
+    @property
+    def limit(self) -> int | None:
+        return self.problem.get("limit")
+
+
 class RateLimited(ApiError):
     """The API key sent too many requests; wait `retry_after` seconds."""
 
@@ -171,6 +180,7 @@ _CLIENT_CLASS_OF_SERVER_CLASS: dict[type[server_errors.ApiError], type[ApiError]
     server_errors.QuotaExceeded: QuotaExceeded,
     server_errors.NotFound: NotFound,
     server_errors.Conflict: Conflict,
+    server_errors.UploadTooLarge: TooLarge,
     server_errors.RateLimited: RateLimited,
     server_errors.EngineError: EngineError,
     server_errors.EngineUnavailable: EngineUnavailable,
@@ -182,6 +192,7 @@ _FRAMEWORK_SLUGS: dict[str, type[ApiError]] = {
     "invalid-request": ValidationError,
     "bad-request": ValidationError,
     "too-many-requests": RateLimited,
+    "request-too-large": TooLarge,
 }
 
 _CLASS_OF_STATUS: dict[int, type[ApiError]] = {
@@ -190,6 +201,7 @@ _CLASS_OF_STATUS: dict[int, type[ApiError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    413: TooLarge,
     422: ValidationError,
     429: RateLimited,
     502: EngineError,
