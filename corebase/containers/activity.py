@@ -5,8 +5,9 @@ stats, a file copy, pause, resume and restart. Reading its record or listing con
 count, so a dashboard that watches containers keeps none of them alive. An exec session, a
 streamed exec, a followed log or a download counts as activity for as long as it is open.
 
-`last_activity_at` is written at most once every `lifecycle.activity_interval` seconds per
-container and process, so an idle timeout may act up to that much late.
+Each process writes `last_activity_at` of a container at most once every
+`lifecycle.activity_interval` seconds, and once more when a session ends, so an idle timeout may
+act up to that interval late.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MAX_TRACKED = 10_000
 
 
 class ActivityRecorder:
-    """Writes `last_activity_at` of containers in use, at most once every `interval` seconds each."""
+    """Writes `last_activity_at` of containers in use, at most once every `interval` seconds each, besides session ends."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval

@@ -1,9 +1,9 @@
 """Checks of container paths, and the tar archive that carries a single uploaded file.
 
-The engine copies files in and out of containers as tar archives only, so an upload of one file
-is wrapped in an archive with one member while it streams: the header first, then the body as it
-arrives, then the padding and the end-of-archive blocks. The header needs the size in advance,
-which is why uploads need a Content-Length.
+The engine copies files in and out of containers as tar archives only. So an upload of one file
+is wrapped, while it streams, in an archive with one member: the header first, then the body as
+it arrives, then the padding and the end-of-archive blocks. The header needs the size in
+advance, which is why uploads need a Content-Length.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def split_file_path(path: str) -> tuple[str, str]:
 async def single_file_archive(name: str, size: int, body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """Yield a tar archive whose one member is the file `name` of `size` bytes, read from `body` as it arrives.
 
-    Raises InvalidField when `body` ends before `size` bytes or goes past them, so the engine never
-    receives an archive that is cut short.
+    Raises InvalidField when `body` ends before `size` bytes or goes past them. That aborts the
+    upload instead of ending the archive early, although the engine may keep the part of the file
+    it received.
     """
     member = tarfile.TarInfo(name)
     member.size = size

@@ -761,7 +761,7 @@ class _EngineErrors:
 
 
 def _check_not_paused(row: Container, action: str) -> None:
-    """Raise ContainerPaused when the row says the container is paused, so it cannot do `action`."""
+    """Raise ContainerPaused when the row's status is paused, so the container cannot do `action`."""
     if row.status == "paused":
         raise ContainerPaused(row.id, action)
 
