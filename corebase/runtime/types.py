@@ -106,9 +106,6 @@ class ContainerState(msgspec.Struct):
     # Limits as the engine holds them; None when unlimited or unknown (the list endpoint omits them).
     memory: int | None = None
     nano_cpus: int | None = None
-    # Limits as the engine holds them; None when unlimited or unknown (the list endpoint omits them).
-    memory: int | None = None
-    nano_cpus: int | None = None
 
     @property
     def running(self) -> bool:
