@@ -7,6 +7,7 @@ values in variables are comma-separated, and mappings are written key=value,key2
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -301,6 +302,10 @@ class NetworkSettings(Section):
     """Put each owner's containers on a bridge network of their own, so tenants cannot reach each other."""
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,31}$")] = "corebase"
     """Start of the names of the networks CoreBase creates, such as corebase-alice-1a2b3c4d."""
+    subnet_pool: str = "10.213.0.0/16"
+    """IPv4 range that owner networks take their subnets from; empty lets the engine pick from its own default pools, which hold about 30 networks."""
+    subnet_size: Annotated[int, msgspec.Meta(ge=16, le=29)] = 24
+    """Prefix length of each owner network's subnet: 24 gives 254 addresses each, and 256 networks from a /16 pool."""
 
 
 class PluginSettings(Section):
@@ -387,6 +392,7 @@ def load_settings(
     _check_sizes(settings)
     _check_database_url(settings.database.url)
     _check_redis_url(settings.redis.url)
+    _check_subnet_pool(settings.networks)
     for template, pool in settings.pool.pools.items():
         problem = pool_limits_problem(pool.min_idle, pool.max_idle, pool.max_total)
         if problem:
@@ -508,6 +514,23 @@ def _check_sizes(settings: Settings) -> None:
 
 
 DATABASE_SCHEMES = ("postgresql", "postgres", "sqlite")
+
+
+def _check_subnet_pool(networks: NetworkSettings) -> None:
+    if not networks.subnet_pool:
+        return
+    variable = f"{ENV_PREFIX}NETWORKS_SUBNET_POOL"
+    try:
+        pool = ipaddress.IPv4Network(networks.subnet_pool)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid setting networks.subnet_pool (variable {variable}): {exc}; use an IPv4 range such as 10.213.0.0/16"
+        ) from None
+    if pool.prefixlen > networks.subnet_size:
+        raise ConfigError(
+            f"invalid setting networks.subnet_size: /{networks.subnet_size} subnets do not fit in networks.subnet_pool "
+            f"{pool}; use a size of {pool.prefixlen} or more"
+        )
 
 
 def _check_database_url(url: str) -> None:

@@ -8,6 +8,7 @@ does it as root).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import time
 
@@ -21,6 +22,7 @@ from corebase import db
 from corebase.auth.keys import create_key
 from corebase.errors import EngineError
 from corebase.settings import load_settings
+from corebase_docker.networks import SubnetPool
 from corebase_docker.runtime import DockerRuntime
 from support.server import TEST_NETWORK_PREFIX, RunningServer
 from support.services import require_service
@@ -342,3 +344,28 @@ async def test_foreign_network_name_is_rejected(docker):
         await runtime.close()
         for network in await named_networks(docker, name):
             await DockerNetwork(docker, network["Id"]).delete()
+
+
+async def test_owner_networks_take_subnets_from_the_pool(docker):
+    # A /28 pool split into /29 subnets holds two networks; a random one keeps parallel runs apart.
+    base = ipaddress.IPv4Network(f"10.213.{secrets.randbelow(56) + 200}.{secrets.randbelow(16) * 16}/28")
+    runtime = DockerRuntime(subnet_pool=SubnetPool(base, 29))
+    names = [f"{TEST_NETWORK_PREFIX}-pool{index}-{secrets.token_hex(3)}" for index in range(3)]
+    labels = {"corebase.managed": "true", "corebase.owner": "pooled"}
+    try:
+        for name in names[:2]:
+            await runtime.ensure_network(name, labels)
+        subnets = []
+        for name in names[:2]:
+            (network,) = await named_networks(docker, name)
+            subnets.append(ipaddress.IPv4Network(network["IPAM"]["Config"][0]["Subnet"]))
+        assert sorted(subnets) == list(base.subnets(new_prefix=29))
+
+        with pytest.raises(EngineError, match="networks.subnet_pool"):
+            await runtime.ensure_network(names[2], labels)
+        assert await named_networks(docker, names[2]) == []
+    finally:
+        await runtime.close()
+        for name in names:
+            for network in await named_networks(docker, name):
+                await DockerNetwork(docker, network["Id"]).delete()

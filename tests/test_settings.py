@@ -133,3 +133,15 @@ def test_zero_size_is_refused_at_start_up():
 def test_zero_quota_size_is_allowed():
     settings = load_settings(environ={"COREBASE_QUOTAS_MAX_MEMORY": "0"})
     assert settings.quotas.max_memory == "0"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"COREBASE_NETWORKS_SUBNET_POOL": "10.213.0.0/33"}, "networks.subnet_pool"),
+        ({"COREBASE_NETWORKS_SUBNET_POOL": "10.213.0.0/24", "COREBASE_NETWORKS_SUBNET_SIZE": "20"}, "do not fit"),
+    ],
+)
+def test_bad_subnet_pool_stops_start_up(environ, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(environ=environ)

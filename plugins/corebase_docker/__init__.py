@@ -19,4 +19,4 @@ __all__ = ["DockerRuntime", "corebase_runtime"]
 @hookimpl(trylast=True)
 def corebase_runtime(settings: Settings) -> DockerRuntime:
     """Provide a DockerRuntime configured from the `docker` and `containers` settings."""
-    return DockerRuntime.from_settings(settings.docker, settings.containers)
+    return DockerRuntime.from_settings(settings.docker, settings.containers, settings.networks)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiodocker
 
@@ -12,27 +16,38 @@ from corebase.errors import EngineError
 logger = logging.getLogger(__name__)
 
 
-async def ensure_network(docker: aiodocker.Docker, name: str, labels: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class SubnetPool:
+    """The IPv4 range owner networks take their subnets from, and the prefix length of each subnet."""
+
+    network: ipaddress.IPv4Network
+    size: int
+
+    def candidates(self, taken: list[ipaddress._BaseNetwork]) -> Iterator[str]:
+        """Yield the pool's subnets that overlap no network in `taken`, lowest first."""
+        for subnet in self.network.subnets(new_prefix=self.size):
+            if not any(subnet.overlaps(other) for other in taken if other.version == 4):
+                yield str(subnet)
+
+
+# Subnets tried before giving up when other processes keep taking the free ones first.
+SUBNET_ATTEMPTS = 8
+
+
+async def ensure_network(
+    docker: aiodocker.Docker, name: str, labels: dict[str, str], pool: SubnetPool | None = None
+) -> None:
     """Create the bridge network `name` unless it exists with exactly these labels.
 
     A network of that name without the labels was made outside CoreBase, so it is not used: its
     other members could reach the owner's containers. The engine (20.10 at least) can create two
     networks of one name when two requests race, so every caller keeps the oldest one and removes
-    the others, which makes the name unambiguous again.
+    the others, which makes the name unambiguous again. With a `pool`, the network gets the pool's
+    first subnet that no engine network uses; without one, the engine picks from its default pools.
     """
     matches = await _named(docker, name)
     if not matches:
-        try:
-            await docker._query_json(
-                "networks/create",
-                "POST",
-                data={"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": labels},
-            )
-            logger.info("created network %s for owner %s", name, labels.get("corebase.owner"))
-        except aiodocker.DockerError as exc:
-            # 409: another request created it first, which serves as well.
-            if exc.status != 409:
-                raise
+        await _create(docker, name, labels, pool)
         matches = await _named(docker, name)
 
     for network in matches:
@@ -60,6 +75,42 @@ async def network_ready(docker: aiodocker.Docker, name: str, labels: dict[str, s
         return False
     _check_labels(name, network, labels)
     return True
+
+
+async def _create(docker: aiodocker.Docker, name: str, labels: dict[str, str], pool: SubnetPool | None) -> None:
+    data: dict = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": labels}
+    subnets: Iterator[str | None] = iter([None])
+    if pool is not None:
+        subnets = pool.candidates(await _subnets_in_use(docker))
+    for attempt, subnet in enumerate(subnets):
+        if subnet is not None:
+            data["IPAM"] = {"Driver": "default", "Config": [{"Subnet": subnet}]}
+        try:
+            await docker._query_json("networks/create", "POST", data=data)
+            logger.info("created network %s (subnet %s) for owner %s", name, subnet or "from the engine", labels.get("corebase.owner"))
+            return
+        except aiodocker.DockerError as exc:
+            # 409: another request created it first, which serves as well.
+            if exc.status == 409:
+                return
+            # Another process took this subnet since the list was read: try the next one.
+            if subnet is None or "overlap" not in str(exc.message).lower() or attempt + 1 >= SUBNET_ATTEMPTS:
+                raise
+    if pool is not None:
+        raise EngineError(
+            f"cannot create network {name!r}: every /{pool.size} subnet of networks.subnet_pool {pool.network} is in use; "
+            "widen networks.subnet_pool, or use a larger networks.subnet_size for smaller subnets"
+        )
+
+
+async def _subnets_in_use(docker: aiodocker.Docker) -> list[ipaddress._BaseNetwork]:
+    """Every subnet that an engine network holds, CoreBase's or not."""
+    taken = []
+    for network in await docker._query_json("networks"):
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            with contextlib.suppress(ValueError, TypeError):
+                taken.append(ipaddress.ip_network(config.get("Subnet"), strict=False))
+    return taken
 
 
 def _check_labels(name: str, network: dict, labels: dict[str, str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import ipaddress
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ from corebase.runtime.types import (
     RuntimeInfo,
     StatsSample,
 )
-from corebase.settings import ContainerSettings, DockerSettings
+from corebase.settings import ContainerSettings, DockerSettings, NetworkSettings
 from corebase.sizes import parse_size
 from corebase_docker.archives import read_archive, stat_path, write_archive
 from corebase_docker.client import open_client, raw_response, resolve_url
@@ -37,7 +38,7 @@ from corebase_docker.execs import run_exec, stream_exec
 from corebase_docker.images import pull_image
 from corebase_docker.logs import read_logs
 from corebase_docker.sessions import DockerExecSession, open_session
-from corebase_docker.networks import connect_network, disconnect_network, ensure_network, network_ready
+from corebase_docker.networks import SubnetPool, connect_network, disconnect_network, ensure_network, network_ready
 from corebase_docker.specs import DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, create_body
 from corebase_docker.state import state_from_inspect, state_from_list_entry
 from corebase_docker.stats import is_running_sample, parse_stats
@@ -66,8 +67,10 @@ class DockerRuntime:
         stop_timeout: float = 10.0,
         log_max_size: int = DEFAULT_LOG_MAX_SIZE,
         log_max_files: int = DEFAULT_LOG_MAX_FILES,
+        subnet_pool: SubnetPool | None = None,
     ) -> None:
         self.url = resolve_url(url)
+        self.subnet_pool = subnet_pool
         self.timeout = timeout
         self.pull_timeout = pull_timeout
         self.stop_timeout = stop_timeout
@@ -77,8 +80,13 @@ class DockerRuntime:
         self._network_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
-    def from_settings(cls, docker: DockerSettings, containers: ContainerSettings) -> DockerRuntime:
-        """Build a runtime from the `docker` and `containers` settings sections."""
+    def from_settings(
+        cls, docker: DockerSettings, containers: ContainerSettings, networks: NetworkSettings | None = None
+    ) -> DockerRuntime:
+        """Build a runtime from the `docker`, `containers` and `networks` settings sections."""
+        pool = None
+        if networks is not None and networks.subnet_pool:
+            pool = SubnetPool(ipaddress.IPv4Network(networks.subnet_pool), networks.subnet_size)
         return cls(
             docker.url,
             timeout=docker.timeout,
@@ -86,6 +94,7 @@ class DockerRuntime:
             stop_timeout=containers.stop_timeout,
             log_max_size=parse_size(containers.log_max_size),
             log_max_files=containers.log_max_files,
+            subnet_pool=pool,
         )
 
     # --- engine -------------------------------------------------------------------------------
@@ -127,7 +136,7 @@ class DockerRuntime:
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             with self._errors(f"create network {name!r}"):
-                await ensure_network(docker, name, labels)
+                await ensure_network(docker, name, labels, self.subnet_pool)
 
     async def connect_network(self, engine_id: str, name: str) -> None:
         docker = self._client()
