@@ -164,6 +164,31 @@ async def test_bad_start_names_the_field_and_leaves_nothing(api, test_image, fie
     assert await snapshot(api) == before
 
 
+BAD_EXECS = [
+    ({"env": {"": ""}}, "env."),
+    ({"env": {"A=B": "x"}}, "env.A=B"),
+    ({"workdir": "x"}, "workdir"),
+    ({"user": "nobody:x:y"}, "user"),
+]
+
+
+async def test_bad_exec_is_refused_like_a_bad_start(api, test_image):
+    container_id = (await start(api, test_image, command=["sleep", "600"])).json()["id"]
+    try:
+        for route in ("/api/runtime/exec", "/api/runtime/exec/stream"):
+            for fields, field in BAD_EXECS:
+                response = await api.post(route, json={"containerId": container_id, "command": ["true"], **fields})
+                assert_problem(response, 422, field)
+    finally:
+        await api.post("/api/runtime/remove", json={"containerId": container_id, "force": True})
+
+
+async def test_bad_user_is_refused_before_the_engine(api, test_image):
+    before = await snapshot(api)
+    assert_problem(await start(api, test_image, user="nobody:x:y"), 422, "user")
+    assert await snapshot(api) == before
+
+
 @pytest.mark.parametrize(
     ("fields", "policy"),
     [

@@ -216,6 +216,13 @@ async def test_bad_start_is_refused(server: RunningServer, keys: dict[str, str],
             await asyncio.wait_for(socket.recv(), WAIT)
     assert socket.close_code == 4400
 
+    for start in ({"env": {"": ""}}, {"env": {"A=B": "x"}}, {"workdir": "x"}, {"user": "nobody:x:y"}):
+        async with connect(server, keys["erin"], container) as socket:
+            await socket.send(json.dumps({"type": "start", "command": ["true"], **start}))
+            refused = await receive(socket)
+            assert (refused["type"], refused["status"]) == ("error", 422), refused
+            assert refused["field"].split(".")[0] == next(iter(start)), refused
+
 
 async def test_viewer_is_refused(server: RunningServer, keys: dict[str, str], container: str):
     with pytest.raises(websockets.exceptions.InvalidStatus) as rejected:

@@ -42,6 +42,7 @@ from corebase.api.sockets import encode, error_message, query_flag, reject, run_
 from corebase.auth.access import READ_WRITE
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
+from corebase.containers.spec import check_user
 from corebase.errors import ApiError, InvalidField
 from corebase.runtime.protocol import ExecSession
 from corebase.runtime.text import TextDecoder
@@ -105,6 +106,8 @@ async def exec_socket(socket: WebSocket) -> None:
         if not container_id:
             raise InvalidField("containerId", "containerId is missing; name the container to run the command in", status=400)
         start = await _read_start(socket)
+        # open_exec checks env and workdir as POST /start does; the user is checked here.
+        check_user(start.user)
         row, session = await containers.open_exec(
             caller,
             container_id,

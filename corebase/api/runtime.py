@@ -32,6 +32,7 @@ from corebase.api.schemas import (
 from corebase.api.streams import NDJSON, ndjson_exec, ndjson_output, raw_output
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
+from corebase.containers.spec import check_env, check_user, check_workdir
 from corebase.errors import ContainerNotRunning, ContainerPaused, InvalidField
 from corebase.idempotency import IdempotencyService
 from corebase.metrics import queries
@@ -141,6 +142,7 @@ class RuntimeController(Controller):
         responses=problem_responses(404, 409, 422, *ENGINE_STATUSES),
     )
     async def exec(self, data: JSONBody[ExecRequest], caller: CallerDependency, containers: ContainerServiceDependency) -> ExecRecord:
+        _check_exec(data)
         result, duration_ms = await containers.exec(caller, data)
         return ExecRecord(
             exit_code=result.exit_code,
@@ -164,6 +166,7 @@ class RuntimeController(Controller):
     async def exec_stream(
         self, data: JSONBody[ExecRequest], caller: CallerDependency, containers: ContainerServiceDependency
     ) -> Stream:
+        _check_exec(data)
         started = time.perf_counter()
         items = await containers.exec_stream(caller, data)
         return Stream(ndjson_exec(items, started), media_type=NDJSON)
@@ -267,3 +270,9 @@ class RuntimeController(Controller):
     ) -> StatsTotals:
         return await queries.totals(monitor.store, caller, group_by, monitor.fresh_for)
 
+
+def _check_exec(request: ExecRequest) -> None:
+    """Reject the env, workdir and user that POST /start would reject, before the engine reports them as output."""
+    check_env(request.env)
+    check_workdir(request.workdir)
+    check_user(request.user)

@@ -30,6 +30,8 @@ IMAGE_PATTERN = re.compile(
 )
 CONTAINER_ID_PATTERN = re.compile(r"^ctr_[0-9a-f]{16}$")
 ENV_NAME_PATTERN = re.compile(r"^[^=\0]+$")
+# A user name or uid, optionally with ":" and a group name or gid, as the engine reads it.
+USER_PATTERN = re.compile(r"^[^:\s\0]+(?::[^:\s\0]+)?$")
 PORT_KEY_PATTERN = re.compile(r"^(\d{1,5})(?:/(tcp|udp|sctp))?$")
 RESERVED_LABEL_PREFIX = "corebase."
 PROJECT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -75,6 +77,7 @@ def build_spec(
     _check_project(request.project_id)
     check_env(request.env)
     check_workdir(request.workdir)
+    check_user(request.user)
     _check_labels(request.labels)
 
     labels = {
@@ -240,6 +243,13 @@ def _check_image(image: str) -> None:
 def check_workdir(workdir: str | None) -> None:
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidField("workdir", f"workdir {workdir!r} must be an absolute path, such as /app")
+
+
+def check_user(user: str | None) -> None:
+    if user and not USER_PATTERN.match(user):
+        raise InvalidField(
+            "user", f"user {user!r} is invalid; use a user name or uid, optionally with ':' and a group, such as 1000:1000"
+        )
 
 
 def _check_project(project_id: str | None) -> None:
