@@ -93,6 +93,7 @@ async def test_health_and_docs_are_public(server):
         schema = await anonymous.get("/schema/openapi.json")
         docs = await anonymous.get("/schema")
     assert health.status_code == 200
+    assert "Retry-After" not in health.headers
     assert health.json()["status"] == "ok"
     assert health.json()["database"]["ok"] is True
     assert health.json()["engine"]["ok"] is True
@@ -380,6 +381,7 @@ async def test_unreachable_engine_is_503_with_a_hint(tmp_path, docker_available)
         async with server.async_client() as client:
             health = await client.get("/health")
             assert health.status_code == 503
+            assert int(health.headers["Retry-After"]) >= 1
             assert health.json()["engine"]["ok"] is False
             assert health.json()["database"]["ok"] is True
 

@@ -13,7 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from corebase import __version__, db, leases
 from corebase.api.schemas import ComponentHealth, HealthRecord, MonitoringRecord, PluginRecord
 from corebase.auth.caller import Caller
-from corebase.errors import ApiError
+from corebase.errors import ApiError, DatabaseUnavailable
 from corebase.metrics.service import LEASE_NAME
 from corebase.plugins import AppContext, describe_plugins
 from corebase.runtime.guard import EngineGuard
@@ -41,7 +41,9 @@ class SystemController(Controller):
         record = HealthRecord(
             status="ok" if healthy else "degraded", version=__version__, database=database, engine=engine
         )
-        return Response(record, status_code=200 if healthy else 503)
+        if healthy:
+            return Response(record)
+        return Response(record, status_code=503, headers={"Retry-After": _retry_after(state.engine, database, engine)})
 
     @get("/api/plugins", summary="Loaded plugins, their versions and the hooks each implements")
     async def plugins(self, state: State, caller: NamedDependency[Caller]) -> list[PluginRecord]:
@@ -65,6 +67,16 @@ class SystemController(Controller):
             engine_events_connected=monitor.watcher.connected.is_set(),
             engine_events_reconnects=monitor.watcher.reconnects,
         )
+
+
+def _retry_after(guard: EngineGuard, database: ComponentHealth, engine: ComponentHealth) -> str:
+    """Seconds to wait: the longest Retry-After of the 503 errors the other routes give for the failed components."""
+    waits = []
+    if not database.ok:
+        waits.append(int(DatabaseUnavailable("").headers["Retry-After"]))
+    if not engine.ok:
+        waits.append(int(guard.unavailable().headers["Retry-After"]))
+    return str(max(waits))
 
 
 async def _probe_database(state: State) -> ComponentHealth:
