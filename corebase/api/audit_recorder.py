@@ -373,6 +373,6 @@ def _json_object(body: bytes | bytearray) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}

@@ -124,6 +124,16 @@ def _too_large(request: Request) -> dict[str, Any]:
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RecursionError):
+        # msgspec gives up on JSON nested deeper than Python's recursion limit allows.
+        body = {
+            "type": PROBLEM_TYPE_BASE + "bad-request",
+            "title": "Bad Request",
+            "status": 400,
+            "detail": "the JSON body is nested too deeply to read; CoreBase requests need only a few levels",
+            "instance": request.url.path,
+        }
+        return _problem(body, 400)
     unavailable = database_unavailable(exc)
     if unavailable is not None:
         logger.warning("%s %s: %s", request.method, request.url.path, unavailable.detail)

@@ -28,21 +28,38 @@ _encoder = msgspec.json.Encoder()
 
 
 async def raw_output(chunks: AsyncIterator[LogChunk]) -> AsyncIterator[bytes]:
-    """Yield the output bytes exactly as the container wrote them, both streams merged."""
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            yield chunk.data
+    """Yield the output bytes exactly as the container wrote them, both streams merged.
+
+    When the engine fails after the response began, the body just ends there, and the server logs
+    why; the NDJSON form says so in its last line instead.
+    """
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk.data
+    except ApiError as exc:
+        logger.warning("log stream broke off: %s", exc)
 
 
 async def ndjson_output(chunks: AsyncIterator[LogChunk]) -> AsyncIterator[bytes]:
-    """Yield one OutputLine per piece of output, decoding each stream as UTF-8 across pieces."""
+    """Yield one OutputLine per piece of output, decoding each stream as UTF-8 across pieces.
+
+    When the engine fails after the response began, the last line is {"error": <problem details>}.
+    """
     lines = _OutputLines()
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            if line := lines.line(chunk.stream, chunk.data):
-                yield line
+    error: dict | None = None
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if line := lines.line(chunk.stream, chunk.data):
+                    yield line
+    except ApiError as exc:
+        logger.warning("log stream broke off: %s", exc)
+        error = exc.to_problem()
     for line in lines.finish():
         yield line
+    if error is not None:
+        yield _encoder.encode({"error": error}) + b"\n"
 
 
 async def ndjson_exec(items: AsyncIterator[LogChunk | ExecExit], started: float) -> AsyncIterator[bytes]:

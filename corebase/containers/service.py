@@ -74,6 +74,9 @@ T = TypeVar("T")
 
 # Statuses in which the engine may still hold the container, so reads ask the engine.
 LIVE_STATUSES = ("created", "running", "paused", "restarting")
+# Seconds a read waits for the engine's current state before answering from the stored row, so
+# reads keep working while a hung engine is not yet known to be down.
+REFRESH_WAIT = 3.0
 # A kept stats sample older than this is not used for the CPU delta.
 STATS_SAMPLE_MAX_AGE = 60.0
 STATS_CACHE_SIZE = 10_000
@@ -416,12 +419,13 @@ class ContainerService:
         if row.status not in LIVE_STATUSES or row.docker_id is None:
             return
         try:
-            state = await self.runtime.inspect(row.docker_id)
+            async with asyncio.timeout(REFRESH_WAIT):
+                state = await self.runtime.inspect(row.docker_id)
         except ContainerNotFound:
             await self._mark_gone(row)
             return
-        except (EngineUnavailable, EngineTimeout) as exc:
-            logger.warning("could not refresh container %s from the engine: %s", row.id, exc)
+        except (EngineUnavailable, EngineTimeout, TimeoutError) as exc:
+            logger.warning("could not refresh container %s from the engine: %s", row.id, exc or "no answer in time")
             return
         read_status = row.status
         if _apply_state(row, state):
@@ -436,10 +440,12 @@ class ContainerService:
         if not live:
             return
         try:
-            states = {state.engine_id: state for state in await self.runtime.list({"corebase.managed": "true"})}
-        except (EngineUnavailable, EngineTimeout) as exc:
-            logger.warning("could not refresh the container list from the engine: %s", exc)
+            async with asyncio.timeout(REFRESH_WAIT):
+                listed = await self.runtime.list({"corebase.managed": "true"})
+        except (EngineUnavailable, EngineTimeout, TimeoutError) as exc:
+            logger.warning("could not refresh the container list from the engine: %s", exc or "no answer in time")
             return
+        states = {state.engine_id: state for state in listed}
         for row in live:
             state = states.get(row.docker_id)
             if state is None:

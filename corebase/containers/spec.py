@@ -231,7 +231,21 @@ def check_name(name: str) -> None:
         )
 
 
+# The engine refuses repository names longer than this, and the containers table keeps 512 characters.
+MAX_IMAGE_NAME = 255
+MAX_IMAGE_REFERENCE = 512
+
+
 def _check_image(image: str) -> None:
+    name = image.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    if len(name) > MAX_IMAGE_NAME or len(image) > MAX_IMAGE_REFERENCE:
+        raise InvalidField(
+            "image",
+            f"image reference of {len(image)} characters is too long; the repository name may have at most "
+            f"{MAX_IMAGE_NAME} characters and the whole reference {MAX_IMAGE_REFERENCE}",
+        )
     if not image or not IMAGE_PATTERN.match(image):
         raise InvalidField(
             "image",
