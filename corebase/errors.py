@@ -44,6 +44,8 @@ Runtime plugins raise these too, so the core never sees a backend's own exceptio
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 PROBLEM_TYPE_BASE = "https://corebase.dev/problems/"
@@ -380,12 +382,18 @@ class ReconcilerBusy(Conflict):
     slug = "reconciler-busy"
     title = "Another process reconciles"
 
-    def __init__(self, holder: str, interval: float) -> None:
+    def __init__(self, holder: str, interval: float, lease_seconds: float | None = None) -> None:
+        expiry = (
+            f"; if that process has stopped, its lease runs out within {lease_seconds:g} s and this one takes over"
+            if lease_seconds
+            else ""
+        )
         super().__init__(
             f"API process {holder} holds the reconciler lease and runs a pass every {interval:g} s; "
-            "send the request to that process, or wait for its next pass",
+            f"send the request to that process, or wait for its next pass{expiry}",
             leaderProcess=holder,
         )
+        self.headers["Retry-After"] = str(max(1, math.ceil(lease_seconds or interval)))
 
 
 class ContainerNotPaused(Conflict):

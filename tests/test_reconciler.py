@@ -332,6 +332,8 @@ async def test_busy_while_another_process_leads(harness):
         await harness.reconciler().run_now()
     assert raised.value.status == 409
     assert "elsewhere:1:abcd" in raised.value.detail
+    assert "lease runs out within" in raised.value.detail
+    assert int(raised.value.headers["Retry-After"]) >= 1
 
 
 # --- a real server -----------------------------------------------------------------------------

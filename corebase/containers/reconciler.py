@@ -162,7 +162,7 @@ class Reconciler:
         async with self._lock:
             if not await self._take_lease():
                 holder = await leases.current_holder(LEASE_NAME)
-                raise ReconcilerBusy(holder or "another process", self.settings.interval)
+                raise ReconcilerBusy(holder or "another process", self.settings.interval, self.lease_seconds)
             renewal = asyncio.create_task(self._renew_during_pass(), name="corebase-reconciler-lease")
             try:
                 report = await _Pass(self).run()
