@@ -223,6 +223,25 @@ async def test_taken_host_port_is_a_conflict(api, test_image):
     await api.post("/api/runtime/remove", json={"containerId": first["id"], "force": True})
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "field", "hint"),
+    [
+        ("/api/runtime/logs", {"since": "yesterday"}, "since", "since 'yesterday' is not a time; use RFC 3339"),
+        ("/api/runtime/logs", {"tail": "lots"}, "tail", "tail 'lots' is not a line count; use a whole number"),
+        ("/api/runtime/stats", {"step": "5.5"}, "step", "step '5.5' is not a step; use whole seconds"),
+        ("/api/runtime/stats", {"from": "nan"}, "from", "from 'nan' is not a time"),
+        ("/api/audit", {"to": "tomorrow"}, "to", "to 'tomorrow' is not a time"),
+        ("/api/runtime/containers/ctr_0000000000000000/files", {"path": "app"}, "path", "path 'app' is not an absolute path"),
+    ],
+)
+async def test_query_pattern_errors_name_the_forms(api, path, params, field, hint):
+    params = {"containerId": "ctr_0000000000000000", **params} if "files" not in path else params
+    body = assert_problem(await api.get(path, params=params), 400, field)
+    assert body["detail"].startswith(hint), body
+    assert "regex" not in body["detail"]
+    assert body["errors"][0]["message"] == body["detail"]
+
+
 async def test_log_parameters_that_match_nothing(api, test_image):
     record = (await start(api, test_image, command=["sleep", "600"])).json()
     both_off = await api.get("/api/runtime/logs", params={"containerId": record["id"], "stdout": "false", "stderr": "false"})

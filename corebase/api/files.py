@@ -26,6 +26,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK
 
 from corebase.api.openapi import ENGINE_STATUSES, problem_responses
+from corebase.api.query_forms import ABSOLUTE_PATH_PATTERN
 from corebase.api.schemas import STAT_HEADER, PathStatRecord, UploadRecord
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
@@ -36,7 +37,10 @@ TAR = "application/x-tar"
 OCTET_STREAM = "application/octet-stream"
 
 ContainerPath = Annotated[
-    str, QueryParameter(description="Absolute path in the container, such as /app or /app/notes.txt", pattern="^/")
+    str,
+    QueryParameter(
+        description="Absolute path in the container, such as /app or /app/notes.txt", pattern=ABSOLUTE_PATH_PATTERN
+    ),
 ]
 STAT_HEADER_SPEC = ResponseHeader(
     documentation_only=True,

@@ -11,6 +11,7 @@ import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from corebase.api.query_forms import query_hint
 from corebase.errors import PROBLEM_TYPE_BASE, ApiError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -28,16 +29,18 @@ def handle_api_error(request: Request, exc: ApiError) -> Response:
 
 def handle_validation_error(request: Request, exc: ValidationException) -> Response:
     """Name each invalid field and what it expected, from Litestar's decoding errors."""
-    errors = []
+    errors, hints = [], []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             message = item.get("message", "")
-            field = _field_name(item.get("key"), message)
-            errors.append({"field": _query_alias(request, field), "message": message})
+            field = _query_alias(request, _field_name(item.get("key"), message))
+            hint = query_hint(request, field, message)
+            errors.append({"field": field, "message": hint or message})
+            hints.append(hint)
     missing = re.match(r"Missing required (?:query|path|header) parameter '([^']+)'", exc.detail or "")
     if missing and not errors:
         errors.append({"field": missing.group(1), "message": "missing required parameter"})
-    detail = _describe(errors[0]) if errors else exc.detail
+    detail = (hints[0] if hints and hints[0] else _describe(errors[0])) if errors else exc.detail
     body = {
         "type": PROBLEM_TYPE_BASE + "invalid-request",
         "title": "Invalid request",
