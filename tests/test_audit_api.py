@@ -229,6 +229,11 @@ async def test_audit_filters(client):
     assert len(await audit(client, **{"from": "2000-01-01T00:00:00Z"})) == 2
     assert await audit(client, to="2000-01-01T00:00:00Z") == []
 
+    window = {"from": "2030-01-01T00:00:00Z", "to": "2020-01-01T00:00:00Z"}
+    reversed_window = await client.get("/api/audit", params=window, headers=ADMIN)
+    assert (reversed_window.status_code, reversed_window.json()["field"]) == (422, "to")
+    assert "earlier than from" in reversed_window.json()["detail"]
+
     first = await client.get("/api/audit", params={"limit": 1}, headers=ADMIN)
     second = await client.get("/api/audit", params={"limit": 1, "offset": 1}, headers=ADMIN)
     assert first.json()["total"] == 2
@@ -236,7 +241,7 @@ async def test_audit_filters(client):
     assert second.json()["items"][0]["requestId"] == "filter-anon"
 
     invalid = await client.get("/api/audit", params={"outcome": "maybe"}, headers=ADMIN)
-    assert invalid.status_code == 400
+    assert (invalid.status_code, invalid.json()["field"]) == (422, "outcome")
 
 
 async def test_chain_verifies_after_requests(client):

@@ -151,6 +151,9 @@ async def test_bad_history_queries_name_the_field(api, test_image, params, field
         response = await api.get("/api/runtime/stats", params={"containerId": record["id"], **params})
         assert response.status_code == status, response.text
         assert response.json()["field"] == field
+        if params.get("step") == "1" and status == 422:
+            assert response.json()["detail"].startswith("step 1 gives more than"), response.text
+            assert "the smallest step allowed is 10000" in response.json()["detail"], response.text
     finally:
         await remove(api, record["id"])
 

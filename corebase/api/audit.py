@@ -14,7 +14,7 @@ from litestar.params import QueryParameter
 from litestar.plugins import InitPlugin
 
 from corebase.api.audit_recorder import AuditRecorder
-from corebase.api.logs import TIME_PATTERN, check_window, parse_log_time
+from corebase.api.logs import TIME_PATTERN, parse_log_time
 from corebase.api.openapi import problem_responses
 from corebase.api.schemas import Offset
 from corebase.audit.chain import canonical_details
@@ -95,9 +95,10 @@ class AuditController(Controller):
                 "API key because the audit log covers every user"
             )
         if outcome and outcome not in OUTCOMES:
-            raise InvalidField("outcome", f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}", status=400)
+            raise InvalidField("outcome", f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
         since, until = parse_log_time("from", start), parse_log_time("to", end)
-        check_window(since, until)
+        if since is not None and until is not None and since > until:
+            raise InvalidField("to", f"to {end!r} is earlier than from {start!r}; no entry can match")
 
         filters = AuditFilter(
             actor=actor or None,

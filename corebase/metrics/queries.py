@@ -52,9 +52,13 @@ async def history(
         seconds = parse_step(step)
     seconds = max(seconds, resolution)
     if span / seconds > MAX_POINTS:
-        smallest = math.ceil(span / MAX_POINTS)
+        smallest = max(math.ceil(span / MAX_POINTS), resolution)
+        asked = f"step {step}" if step else "the default step"
+        stored = f" (history this old is kept at {resolution} s)" if resolution > 1 and seconds == resolution else ""
         raise InvalidField(
-            "step", f"step {seconds} gives more than {MAX_POINTS} points for this range; use {smallest} or more"
+            "step",
+            f"{asked} gives more than {MAX_POINTS} points for this range of {span:.0f} s{stored}; "
+            f"the smallest step allowed is {smallest}",
         )
 
     resolution, points = await store.history(container_id, int(begin), math.ceil(finish), seconds, now)
