@@ -357,7 +357,7 @@ async def test_unknown_ids_are_404(api):
 
 async def test_history_filters(api):
     bad = await api.get("/api/alerts", params={"state": "burning"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422
     assert bad.json()["field"] == "state"
     page = (await api.get("/api/alerts", params={"state": "firing", "limit": 1})).json()
     assert page["limit"] == 1

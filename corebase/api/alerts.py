@@ -107,7 +107,7 @@ class AlertController(Controller):
         offset: Offset = 0,
     ) -> AlertPage:
         if alert_state and alert_state not in STATES:
-            raise InvalidField("state", f"unknown state {alert_state!r}; use one of {', '.join(STATES)}", status=400)
+            raise InvalidField("state", f"unknown state {alert_state!r}; use one of {', '.join(STATES)}")
         rows, total = await history.list_alerts(caller, alert_state or None, rule_id or None, container_id or None, limit, offset)
         return AlertPage(items=[alert_record(row) for row in rows], total=total, limit=limit, offset=offset)
 
