@@ -134,6 +134,25 @@ async def test_tty_shell_session(server: RunningServer, keys: dict[str, str], co
     assert socket.close_code == 1000
 
 
+async def test_tty_command_that_ends_at_once(server: RunningServer, keys: dict[str, str], container: str):
+    # The start's resize can reach the engine after the command ended; the session still reports it.
+    for _ in range(3):
+        async with connect(server, keys["erin"], container) as socket:
+            await socket.send(json.dumps({"type": "start", "command": ["true"], "tty": True, "cols": 100, "rows": 30}))
+            _, end = await read_to_exit(socket)
+        assert end == {"type": "exit", "exitCode": 0}
+
+
+async def test_tty_output_after_eof(server: RunningServer, keys: dict[str, str], container: str):
+    command = ["sh", "-c", "sleep 1; echo late; exit 4"]
+    async with connect(server, keys["erin"], container) as socket:
+        await socket.send(json.dumps({"type": "start", "command": command, "tty": True, "cols": 80, "rows": 24}))
+        await socket.send(json.dumps({"type": "eof"}))
+        output, end = await read_to_exit(socket)
+    assert "late" in output["stdout"]
+    assert end == {"type": "exit", "exitCode": 4}
+
+
 async def test_stdin_piped_to_cat(server: RunningServer, keys: dict[str, str], container: str):
     async with connect(server, keys["erin"], container, command="cat") as socket:
         await socket.send(json.dumps({"type": "stdin", "data": "first line\n"}))

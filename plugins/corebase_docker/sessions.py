@@ -85,6 +85,11 @@ class DockerExecSession:
         await self._stream.write_in(data)
 
     async def close_stdin(self) -> None:
+        if self.tty:
+            # With a terminal the engine ends the whole session, output included, when the client
+            # shuts its side; an end-of-file character (Ctrl-D) closes the command's input instead.
+            await self.write(b"\x04")
+            return
         # aiodocker (0.27) closes both directions in Stream.close(), so the write side of its
         # connection is shut here. The engine then closes the command's stdin.
         response = self._stream._resp
@@ -93,8 +98,16 @@ class DockerExecSession:
             transport.write_eof()
 
     async def resize(self, cols: int, rows: int) -> None:
-        if self.tty:
+        if not self.tty:
+            return
+        try:
             await self._exec.resize(h=rows, w=cols)
+        except aiodocker.DockerError as exc:
+            # A command that already ended has no terminal left to resize; its output and exit
+            # code still follow, so the resize is dropped rather than failing the session.
+            if "stopped" not in str(exc.message) and "not running" not in str(exc.message):
+                raise
+            logger.debug("terminal resize after exec %s ended: %s", self._exec.id, exc.message)
 
     async def signal(self, name: str) -> None:
         if self.tty and name in CONTROL_CHARACTERS:
