@@ -27,6 +27,7 @@ from corebase.api.files import FileController
 from corebase.api.auth import PUBLIC_PATHS, BearerKeyMiddleware, provide_caller
 from corebase.api.openapi import ProblemResponsesPlugin, RequestBodySchemaPlugin
 from corebase.api.problems import EXCEPTION_HANDLERS
+from corebase.api.query_forms import reject_repeated_query
 from corebase.api.policies import PolicyController
 from corebase.api.pools import PoolController
 from corebase.api.prometheus import PrometheusPlugin
@@ -106,6 +107,7 @@ def create_app(settings: Settings, extra_plugins: Iterable[Any] = ()) -> Litesta
         middleware=[DefineMiddleware(BearerKeyMiddleware, exclude=PUBLIC_PATHS)],
         # One guard checks the caller's role and key scopes on every route; see corebase.auth.access.
         guards=[require_access],
+        before_request=reject_repeated_query,
         exception_handlers=EXCEPTION_HANDLERS,
         # AuditPlugin comes last, so its recorder is the outermost middleware and records every rejection.
         plugins=[

@@ -92,3 +92,20 @@ async def test_ndjson_log_ends_with_the_error():
 
 async def test_text_log_ends_quietly():
     assert [piece async for piece in raw_output(broken_stream())] == [b"first \xe2\x82"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["/api/keys?user=a&user=b", "/api/runtime/containers?status=running&status=exited", "/api/audit?from=0&from=1"],
+)
+async def test_repeated_single_query_parameter_is_400(client, query):
+    response = await client.get(query, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    name = query.split("?")[1].split("=")[0]
+    assert response.json()["field"] == name
+    assert "give it once" in response.json()["detail"]
+
+
+async def test_repeated_parameter_without_key_is_still_401(client):
+    response = await client.get("/api/keys?user=a&user=b")
+    assert response.status_code == 401

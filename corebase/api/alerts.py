@@ -94,7 +94,7 @@ class AlertController(Controller):
     async def delete_rule(self, rule_id: FromPath[str], caller: CallerDependency, alerts: AlertsDependency) -> None:
         await alerts.delete_rule(caller, rule_id)
 
-    @get("/", summary="Alert history, newest first")
+    @get("/", summary="Alert history, newest first", responses=problem_responses(422))
     async def list_alerts(
         self,
         caller: CallerDependency,

@@ -8,10 +8,12 @@ parameter, the value sent and the forms accepted. The patterns stay in the OpenA
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl
 
 from litestar import Request
 
 from corebase.api.logs import TAIL_PATTERN, TIME_PATTERN
+from corebase.errors import InvalidField
 from corebase.metrics.queries import STEP_PATTERN
 
 ABSOLUTE_PATH_PATTERN = "^/"
@@ -37,3 +39,36 @@ def query_hint(request: Request, field: str | None, message: str) -> str | None:
         return None
     what, forms = FORMS[pattern]
     return f"{field} {value!r} is not {what}; {forms}"
+
+
+def reject_repeated_query(request: Request) -> None:
+    """Refuse a query parameter given more than once when its route takes a single value.
+
+    Litestar would read one of the values and drop the rest, so `?user=a&user=b` would act on a
+    user the client may not have meant. Parameters a route declares as lists may repeat.
+    """
+    counts: dict[str, int] = {}
+    for name, _ in parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        counts[name] = counts.get(name, 0) + 1
+    repeated = [name for name, count in counts.items() if count > 1]
+    if not repeated:
+        return
+    single = _single_valued_parameters(request.route_handler, tuple(request.path_params))
+    for name in repeated:
+        if name in single:
+            raise InvalidField(name, f"query parameter {name!r} is given {counts[name]} times; give it once", status=400)
+
+
+def _single_valued_parameters(handler, path_parameters: tuple[str, ...]) -> frozenset[str]:
+    """Names, as sent in the query, of the handler's query parameters that take one value."""
+    key = (handler, path_parameters)
+    names = _SINGLE_VALUED.get(key)
+    if names is None:
+        model = handler.create_kwargs_model(path_parameters=dict.fromkeys(path_parameters))
+        names = frozenset(parameter.field_alias for parameter in model.expected_query_params if not parameter.is_sequence)
+        _SINGLE_VALUED[key] = names
+    return names
+
+
+# Filled on first use per route handler; handlers live as long as the app.
+_SINGLE_VALUED: dict[tuple[object, tuple[str, ...]], frozenset[str]] = {}
