@@ -196,7 +196,9 @@ def test_container_session(user_env, test_image):
     restarted = corebase("containers", "restart", container, "--json", env=user_env)
     assert json.loads(restarted.stdout)["status"] == "running"
 
-    assert corebase("containers", "rm", container, env=user_env).returncode == 6
+    refused = corebase("containers", "rm", container, env=user_env)
+    assert refused.returncode == 6
+    assert "-f (--force)" in refused.stderr
     removed = corebase("containers", "rm", "-f", container, "--json", env=user_env)
     assert json.loads(removed.stdout)["status"] == "removed"
 

@@ -12,6 +12,7 @@ from corebase.cli.context import Context, UsageError, command, identifier
 from corebase.cli.copy import run_cp
 from corebase.cli.output import Column, ExitCode
 from corebase.cli.terminal import run_session
+from corebase.client.errors import Conflict
 
 STATUSES = ("creating", "created", "running", "paused", "restarting", "exited", "dead", "failed", "removed")
 
@@ -291,7 +292,13 @@ def run_resume(context: Context) -> None:
 
 
 def run_rm(context: Context) -> None:
-    record = context.client.containers.remove(context.args.container, force=context.args.force)
+    try:
+        record = context.client.containers.remove(context.args.container, force=context.args.force)
+    except Conflict as exc:
+        if exc.slug == "container-running":
+            # The server's hint names the API's force field; on the command line it is a flag.
+            exc.detail = f"container {context.args.container!r} is running; stop it first, or remove it with -f (--force)"
+        raise
     context.out.result(record, lambda: context.out.line(record.id))
 
 

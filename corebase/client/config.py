@@ -176,8 +176,14 @@ def resolve(
         api_key = api_key or stored.key
         used_profile = name
     if api_key is None:
+        elsewhere = (
+            f"; the stored profile {name!r} is for {stored.url}, so its key is not sent to {url}"
+            if stored is not None and url is not None
+            else ""
+        )
         raise ConfigurationError(
-            "no API key: run `corebase login`, set COREBASE_API_KEY, or pass api_key to the client"
+            "no API key: run `corebase login`, set COREBASE_API_KEY, or pass api_key to the client "
+            f"(--key on the command line){elsewhere}"
         )
     return ClientConfig(url=_clean_url(url or DEFAULT_URL), api_key=api_key, profile=used_profile)
 
