@@ -313,6 +313,12 @@ def test_connection_errors_exit_3_and_auth_5(server, tmp_path):
     assert corebase("containers", "ls", env=clean_env(tmp_path)).returncode == 2
 
 
+def test_start_without_image_is_usage_error(user_env):
+    started = corebase("containers", "start", env=user_env)
+    assert started.returncode == 2
+    assert "name an image" in started.stderr
+
+
 def test_viewer_admin_call_exits_5(server, user_env, tmp_path):
     name = "viewer-" + secrets.token_hex(3)
     assert corebase("users", "create", name, "--role", "viewer", env=user_env).returncode == 0

@@ -160,6 +160,8 @@ def run_start(context: Context) -> None:
     if args.template and image:
         # With a template, the first word after the options is already the command.
         image, cmd = None, [image, *cmd]
+    if not image and not args.template:
+        raise UsageError("name an image, such as `corebase containers start busybox:1.36`, or a template with --template")
     with context.out.waiting("Starting the container (pulling its image if needed)"):
         record = context.client.containers.start(
             image,
