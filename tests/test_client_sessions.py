@@ -104,8 +104,10 @@ def test_sdk_file_copies(client: Client, box: str, tmp_path: Path):
     with tarfile.open(fileobj=io.BytesIO(b"".join(client.containers.download(box, "/local.bin")))) as copy:
         assert copy.extractfile("local.bin").read() == local.read_bytes()
 
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as unknown:
         client.containers.stat(box, "/no/such/path")
+    assert unknown.value.problem["field"] == "path"
+    assert "/no/such/path" in unknown.value.detail
     with pytest.raises(NotFound) as missing:
         list(client.containers.download(box, "/no/such/path"))
     assert missing.value.problem["field"] == "path"
@@ -288,5 +290,6 @@ def test_cli_copy_both_ways(cli_env: dict[str, str], box: str, tmp_path: Path):
 
     missing = corebase("containers", "cp", f"{box}:/no/such/file", str(tmp_path / "x"), env=cli_env)
     assert missing.returncode == 4
+    assert b"'/no/such/file' does not exist" in missing.stderr
     both_local = corebase("containers", "cp", str(single), str(tmp_path / "y"), env=cli_env)
     assert both_local.returncode == 2

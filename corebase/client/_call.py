@@ -38,8 +38,9 @@ class Call(Generic[T]):
 
     `content` is a raw request body of type `content_type` instead of a JSON `body`: bytes, or
     a local file's Path, which is sent in chunks. `returns=bytes` makes a streamed call yield
-    the raw body in chunks. With `from_header`, the response's JSON comes from that header, as
-    a HEAD request has no body.
+    the raw body in chunks. With `from_header`, the response's JSON comes from that header and a
+    successful response's body is never read, while an error's problem details still are (a HEAD
+    request would lose them, as its responses have no body).
     """
 
     method: str

@@ -31,7 +31,16 @@ class SyncSession:
     def send(self, call: Call[T]) -> T:
         request = build_request(self.http, call)
         try:
-            response = self.http.send(request)
+            if call.from_header is None:
+                response = self.http.send(request)
+            else:
+                # Only the headers matter, and an error's problem body; a success's body is left unread.
+                response = self.http.send(request, stream=True)
+                try:
+                    if not response.is_success:
+                        response.read()
+                finally:
+                    response.close()
         except httpx.TransportError as exc:
             raise connection_error(exc, request) from exc
         return read_response(call, response)
@@ -78,7 +87,16 @@ class AsyncSession:
     async def send(self, call: Call[T]) -> T:
         request = build_request(self.http, call)
         try:
-            response = await self.http.send(request)
+            if call.from_header is None:
+                response = await self.http.send(request)
+            else:
+                # Only the headers matter, and an error's problem body; a success's body is left unread.
+                response = await self.http.send(request, stream=True)
+                try:
+                    if not response.is_success:
+                        await response.aread()
+                finally:
+                    await response.aclose()
         except httpx.TransportError as exc:
             raise connection_error(exc, request) from exc
         return read_response(call, response)

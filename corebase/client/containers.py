@@ -210,7 +210,7 @@ class Containers(Resource[S]):
     @endpoint
     def stat(self, container_id: str, path: str) -> Call[PathStatRecord]:
         """Describe `path` in the container (type, size, mode, modification time) without copying it."""
-        return Call("HEAD", path_of_files(container_id), PathStatRecord, params={"path": path}, from_header=STAT_HEADER)
+        return Call("GET", path_of_files(container_id), PathStatRecord, params={"path": path}, from_header=STAT_HEADER)
 
     @stream
     def logs(
