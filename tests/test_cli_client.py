@@ -415,3 +415,16 @@ def test_main_returns_the_exit_code(server, monkeypatch, tmp_path, capsys):
     assert "items" in json.loads(capsys.readouterr().out)
     assert main(["containers", "inspect", "ctr_0000000000000000"]) == 4
     assert main(["containers", "--bogus"]) == 2
+
+
+def test_terminal_without_size_counts_as_80_by_24():
+    from corebase.cli.terminal import _terminal_size
+
+    controller, terminal = pty.openpty()
+    try:
+        # A new pseudo-terminal reports 0 columns and 0 lines until someone sets its size.
+        assert os.get_terminal_size(terminal) == (0, 0)
+        assert _terminal_size(terminal) == (80, 24)
+    finally:
+        os.close(controller)
+        os.close(terminal)

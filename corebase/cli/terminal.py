@@ -100,12 +100,15 @@ class _OutputPrinter(threading.Thread):
 
 
 def _terminal_size(descriptor: int) -> tuple[int, int]:
-    """Return (columns, lines) of the terminal on `descriptor`, or of stdout's, else the usual 80 by 24."""
+    """Return (columns, lines) of the terminal on `descriptor`, or of stdout's, else the usual 80 by 24.
+
+    A terminal that reports a size of 0 (as under `script` without a window) counts as 80 by 24.
+    """
     try:
         size = os.get_terminal_size(descriptor)
     except OSError:
         size = shutil.get_terminal_size()
-    return size.columns, size.lines
+    return size.columns or 80, size.lines or 24
 
 
 @contextlib.contextmanager
