@@ -55,7 +55,7 @@ def run_cp(context: Context) -> None:
             return
         with context.out.waiting(f"Copying {source_container}:{source} to {target}"):
             result = _download(client, source_container, source, Path(target))
-    context.out.result(result, lambda: context.out.note(f"copied to {result['destination']} ({result['size']} bytes sent, as a tar archive for downloads and directories)"))
+    context.out.result(result, lambda: context.out.note(f"copied to {result['destination']} ({result['size']} bytes transferred)"))
 
 
 def _upload(client: Client, local: Path, container: str, path: str) -> dict[str, Any]:
