@@ -74,8 +74,8 @@ T = TypeVar("T")
 
 # Statuses in which the engine may still hold the container, so reads ask the engine.
 LIVE_STATUSES = ("created", "running", "paused", "restarting")
-# Seconds a read waits for the engine's current state before answering from the stored row, so
-# reads keep working while a hung engine is not yet known to be down.
+# Seconds a read waits for the engine's current state before it returns the stored row, so reads
+# keep working while a hung engine is not yet known to be down.
 REFRESH_WAIT = 3.0
 # A kept stats sample older than this is not used for the CPU delta.
 STATS_SAMPLE_MAX_AGE = 60.0
@@ -425,7 +425,7 @@ class ContainerService:
             await self._mark_gone(row)
             return
         except (EngineUnavailable, EngineTimeout, TimeoutError) as exc:
-            logger.warning("could not refresh container %s from the engine: %s", row.id, exc or "no answer in time")
+            logger.warning("could not refresh container %s from the engine: %s", row.id, exc or f"timed out after {REFRESH_WAIT:g} s")
             return
         read_status = row.status
         if _apply_state(row, state):
@@ -443,7 +443,7 @@ class ContainerService:
             async with asyncio.timeout(REFRESH_WAIT):
                 listed = await self.runtime.list({"corebase.managed": "true"})
         except (EngineUnavailable, EngineTimeout, TimeoutError) as exc:
-            logger.warning("could not refresh the container list from the engine: %s", exc or "no answer in time")
+            logger.warning("could not refresh the container list from the engine: %s", exc or f"timed out after {REFRESH_WAIT:g} s")
             return
         states = {state.engine_id: state for state in listed}
         for row in live:

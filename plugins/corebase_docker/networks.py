@@ -104,7 +104,7 @@ async def _create(docker: aiodocker.Docker, name: str, labels: dict[str, str], p
 
 
 async def _subnets_in_use(docker: aiodocker.Docker) -> list[ipaddress._BaseNetwork]:
-    """Every subnet that an engine network holds, CoreBase's or not."""
+    """Return the subnets of every engine network, CoreBase's or not."""
     taken = []
     for network in await docker._query_json("networks"):
         for config in (network.get("IPAM") or {}).get("Config") or []:
