@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,13 @@ async def run_exec(
     """
     output = OutputBuffer(max_output)
     end = ExecExit(exit_code=None)
-    async for item in stream_exec(docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout):
-        if isinstance(item, ExecExit):
-            end = item
-        else:
-            output.add(item.stream, item.data)
+    items = stream_exec(docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout)
+    async with aclosing(items):
+        async for item in items:
+            if isinstance(item, ExecExit):
+                end = item
+            else:
+                output.add(item.stream, item.data)
 
     return ExecResult(
         exit_code=end.exit_code,

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, aclosing
 from typing import Any
 
 import aiodocker
@@ -255,8 +255,9 @@ class DockerRuntime:
 
     async def events(self, labels: dict[str, str], since_ns: int | None = None) -> AsyncIterator[RuntimeEvent]:
         docker = self._client()
-        async for event in stream_events(docker, self.url, labels, since_ns, timeout=self.timeout):
-            yield event
+        async with aclosing(stream_events(docker, self.url, labels, since_ns, timeout=self.timeout)) as events:
+            async for event in events:
+                yield event
 
     async def stats(self, engine_id: str) -> StatsSample:
         docker = self._client()
@@ -308,10 +309,12 @@ class DockerRuntime:
     ) -> AsyncIterator[LogChunk | ExecExit]:
         docker = self._client()
         with self._errors("exec in container", engine_id):
-            async for item in stream_exec(
-                docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout
-            ):
-                yield item
+            # aclosing: a consumer that stops early must kill the command now, not when the
+            # inner generator is collected.
+            items = stream_exec(docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout)
+            async with aclosing(items):
+                async for item in items:
+                    yield item
 
     async def open_exec(
         self,
@@ -342,8 +345,9 @@ class DockerRuntime:
     async def read_archive(self, engine_id: str, path: str) -> AsyncIterator[bytes]:
         docker = self._client()
         with self._errors(f"copy {path!r} from container", engine_id):
-            async for chunk in read_archive(docker, engine_id, path, timeout=self.timeout):
-                yield chunk
+            async with aclosing(read_archive(docker, engine_id, path, timeout=self.timeout)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def write_archive(self, engine_id: str, path: str, archive: AsyncIterable[bytes]) -> None:
         docker = self._client()
@@ -353,8 +357,9 @@ class DockerRuntime:
     async def logs(self, engine_id: str, options: LogOptions) -> AsyncIterator[LogChunk]:
         docker = self._client()
         with self._errors("read logs of container", engine_id):
-            async for chunk in read_logs(docker, engine_id, options, timeout=self.timeout):
-                yield chunk
+            async with aclosing(read_logs(docker, engine_id, options, timeout=self.timeout)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     # --- helpers ------------------------------------------------------------------------------
 
