@@ -14,6 +14,7 @@ engine back instead of growing the delay, then reconnects after the first delay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -43,6 +44,8 @@ ACTIONS = {
 }
 HEALTH_PREFIX = "health_status"
 SEEN_KEYS = 4096
+# Keys of events this much older than the newest one seen are forgotten.
+SEEN_WINDOW_NS = 5_000_000_000
 # An OOM or kill event this recent explains the next die event of the same container.
 EXPLAINS_DEATH_WITHIN = 120.0
 MAX_RECONNECT_DELAY = 30.0
@@ -93,9 +96,10 @@ class EngineWatcher:
                 if self.reconnects:
                     for callback in self.reconnect_callbacks:
                         callback()
-                async for raw in self.runtime.events(MANAGED_LABELS, self._since_ns):
-                    delay = self.reconnect_delay
-                    await self._handle(raw)
+                async with contextlib.aclosing(self.runtime.events(MANAGED_LABELS, self._since_ns)) as events:
+                    async for raw in events:
+                        delay = self.reconnect_delay
+                        await self._handle(raw)
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
@@ -115,9 +119,12 @@ class EngineWatcher:
         if raw.key in self._seen:
             return
         self._seen[raw.key] = None
-        while len(self._seen) > SEEN_KEYS:
-            self._seen.popitem(last=False)
         self._since_ns = max(self._since_ns or 0, raw.time_ns)
+        # A reconnect replays events from `_since_ns` on, so older keys can go; the cap bounds a
+        # burst of events that all share one instant.
+        horizon = self._since_ns - SEEN_WINDOW_NS
+        while self._seen and (len(self._seen) > SEEN_KEYS or next(iter(self._seen))[0] < horizon):
+            self._seen.popitem(last=False)
 
         event = await self._translate(raw)
         if event is None:
