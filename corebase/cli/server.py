@@ -77,8 +77,9 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from corebase.app import create_app
-    from corebase.server import CoreBaseServer, run
+    from corebase.server import CoreBaseServer, limit_malloc_arenas, run
 
+    limit_malloc_arenas()
     app = create_app(settings)
     logger.info("CoreBase %s listening on http://%s:%s", __version__, settings.server.host, settings.server.port)
     config = uvicorn.Config(
