@@ -4,7 +4,8 @@ Each round starts `corebase serve` on the same database, sends it concurrent req
 after a different delay. The next round starts it again and waits until reconciliation has
 settled. Then the database and the engine must agree. Every container of the installation has an
 active row with its engine id and status, and every active row has its container. No start is
-left `creating`, and the user's quota usage equals their active rows.
+left `creating`, and the user's quota usage equals their active rows. A retry of each start
+with its Idempotency-Key then names the one container that the start made, if any.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ USER = "crash"
 # reconciler that never settles fails the test instead of hanging it.
 SETTLE_LIMIT = 120.0
 CRASH_LABEL = "corebase-test.crash"
+# The Idempotency-Key of the start that made a container, so retries can be matched to containers.
+KEY_LABEL = "corebase-test.key"
 
 SERVER_ENV = {
     # Short, so that many rounds fit: a start without progress for 2 s counts as interrupted.
@@ -85,11 +88,15 @@ class TargetInstallation:
     installation: str | None = None
     project: str = field(default_factory=lambda: "crash-" + secrets.token_hex(4))
     repairs: list[dict] = field(default_factory=list)
+    # The body of each start sent with an Idempotency-Key, by key, to be retried after the last restart.
+    keyed: dict[str, dict] = field(default_factory=dict)
     # Repairs by kind over all restarts, from each process's Prometheus counter.
     repaired: Counter[str] = field(default_factory=Counter)
 
-    def body(self) -> dict:
+    def body(self, key: str | None = None) -> dict:
         labels = {RUN_LABEL: RUN_ID, CRASH_LABEL: self.project}
+        if key is not None:
+            labels[KEY_LABEL] = key
         return {
             "image": self.image,
             "command": ["sleep", "600"],
@@ -197,7 +204,10 @@ async def send_load(target: TargetInstallation, server: RunningServer) -> asynci
         requests.append(client.post("/api/runtime/stop", json={"containerId": container_id, "timeout": 0}))
     for container_id in running[STOPS_PER_ROUND : STOPS_PER_ROUND + REMOVES_PER_ROUND]:
         requests.append(client.post("/api/runtime/remove", json={"containerId": container_id, "force": True}))
-    requests.extend(client.post("/api/runtime/start", json=target.body()) for _ in range(STARTS_PER_ROUND))
+    for _ in range(STARTS_PER_ROUND):
+        key = "crash-" + secrets.token_hex(8)
+        target.keyed[key] = target.body(key)
+        requests.append(client.post("/api/runtime/start", json=target.keyed[key], headers={"Idempotency-Key": key}))
 
     async def send_all() -> None:
         try:
@@ -206,6 +216,26 @@ async def send_load(target: TargetInstallation, server: RunningServer) -> asynci
             await client.aclose()
 
     return asyncio.create_task(send_all())
+
+
+async def retry_keyed_starts(target: TargetInstallation, server: RunningServer, docker: aiodocker.Docker) -> None:
+    """Retry every keyed start of the rounds: each key must name one container, never two.
+
+    A retry gets 409 while the lock of a killed request's key has not run out, so it waits.
+    """
+    deadline = time.monotonic() + SETTLE_LIMIT
+    async with server.async_client(target.user_key, timeout=30) as client:
+        for key, body in target.keyed.items():
+            while (response := await client.post("/api/runtime/start", json=body, headers={"Idempotency-Key": key})).status_code == 409:
+                assert time.monotonic() < deadline, f"key {key} stayed in progress: {response.text}"
+                await asyncio.sleep(0.5)
+            assert response.status_code == 201, response.text
+            made = await docker.containers.list(all=True, filters={"label": [f"{KEY_LABEL}={key}"]})
+            # A container that a later round removed is gone, and its key still names it.
+            assert len(made) <= 1, f"key {key} started {len(made)} containers"
+            if made:
+                labels = (await made[0].show())["Config"]["Labels"]
+                assert labels["corebase.id"] == response.json()["id"], f"key {key}: {response.text}"
 
 
 async def crash_rounds(target: TargetInstallation, kill_delays: tuple[float, ...], docker: aiodocker.Docker) -> None:
@@ -225,6 +255,8 @@ async def crash_rounds(target: TargetInstallation, kill_delays: tuple[float, ...
 
     with run_server(target.data_dir, env=target.env, admin_key=target.admin_key) as server:
         await settle(target, server)
+        await check_agreement(target, server, docker)
+        await retry_keyed_starts(target, server, docker)
         await check_agreement(target, server, docker)
         # The recovered server serves starts as before.
         async with server.async_client(target.user_key) as client:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -92,8 +93,8 @@ async def test_first_run_stored_and_replayed(service) -> None:
     first = await service.run("alice", "k1", "print-a", action)
     again = await service.run("alice", "k1", "print-a", action)
 
-    assert first == (201, b'{"id": "ctr_run1"}', False)
-    assert again == (201, b'{"id": "ctr_run1"}', True)
+    assert first == (201, b'{"id": "ctr_run1"}', False, "ctr_run1")
+    assert again == (201, b'{"id": "ctr_run1"}', True, "ctr_run1")
     assert action.runs == 1
     row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
     assert row.status == DONE
@@ -176,6 +177,67 @@ async def test_stale_lock_taken_over(service) -> None:
     outcome = await service.run("alice", "k1", "print-a", action)
 
     assert action.runs == 1
+    assert not outcome.replayed
+
+
+async def test_stale_lock_stores_recovered_result(service) -> None:
+    await insert_key("k1", IN_PROGRESS, utcnow() - timedelta(seconds=1), utcnow() + timedelta(hours=1))
+    action = Action()
+
+    async def recover():
+        return 201, b'{"id": "ctr_dead"}', "ctr_dead"
+
+    outcome = await service.run("alice", "k1", "print-a", action, recover)
+    again = await service.run("alice", "k1", "print-a", action, recover)
+
+    assert action.runs == 0
+    assert outcome == (201, b'{"id": "ctr_dead"}', True, "ctr_dead")
+    assert again == outcome
+    row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
+    assert row.status == DONE
+    assert row.container_id == "ctr_dead"
+
+
+async def test_stale_lock_without_result_runs(service) -> None:
+    await insert_key("k1", IN_PROGRESS, utcnow() - timedelta(seconds=1), utcnow() + timedelta(hours=1))
+    action = Action()
+    asked: list[bool] = []
+
+    async def recover():
+        asked.append(True)
+        return None
+
+    outcome = await service.run("alice", "k1", "print-a", action, recover)
+
+    assert asked == [True]
+    assert action.runs == 1
+    assert outcome == (201, b'{"id": "ctr_run1"}', False, "ctr_run1")
+
+
+async def test_recovery_in_progress_keeps_key(service) -> None:
+    await insert_key("k1", IN_PROGRESS, utcnow() - timedelta(seconds=1), utcnow() + timedelta(hours=1))
+    action = Action()
+
+    async def recover():
+        raise IdempotencyKeyInProgress("k1")
+
+    with pytest.raises(IdempotencyKeyInProgress):
+        await service.run("alice", "k1", "print-a", action, recover)
+
+    assert action.runs == 0
+    row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
+    assert row.status == IN_PROGRESS
+    # The retry holds the key now, so the next one within the lock is told to wait too.
+    with pytest.raises(IdempotencyKeyInProgress):
+        await service.run("alice", "k1", "print-a", action, recover)
+
+
+async def test_first_run_not_recovered(service) -> None:
+    async def recover():
+        raise AssertionError("only a key taken over from a dead request is recovered")
+
+    outcome = await service.run("alice", "k1", "print-a", Action(), recover)
+
     assert not outcome.replayed
 
 
@@ -402,6 +464,50 @@ async def test_pool_claim_replayed(sqlite_server, toolbox_image, docker) -> None
     assert claimed.json()["source"] == "pool"
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert retry.json()["id"] == claimed.json()["id"]
+
+
+def leave_as_dead_request(data_dir, key: str, credentials: dict[str, str]) -> None:
+    """Put the admin's `key` back in the state a request killed after its start, before storing the response, leaves."""
+    with sqlite3.connect(data_dir / "corebase.sqlite") as connection:
+        updated = connection.execute(
+            "UPDATE idempotency_keys SET status = ?, lock_token = 'dead', locked_until = ?, response_status = NULL, "
+            "response_body = NULL, container_id = NULL WHERE idempotency_key = ?",
+            (IN_PROGRESS, str(utcnow() - timedelta(seconds=1)), key),
+        )
+        assert updated.rowcount == 1
+        connection.execute(
+            "UPDATE containers SET pending_credentials = ? WHERE idempotency_key = (SELECT id FROM idempotency_keys "
+            "WHERE idempotency_key = ?)",
+            (msgspec.json.encode(credentials).decode(), key),
+        )
+
+
+@pytest.mark.engine
+async def test_retry_after_dead_request_finds_container(sqlite_server, toolbox_image, docker) -> None:
+    template = "cbidem-" + secrets.token_hex(4)
+    definition = {"name": template, "image": toolbox_image, "command": ["sleep", "600"], "generatedEnv": ["SECRET"]}
+    tag = secrets.token_hex(6)
+    body = {"template": template, "env": {"MODE": "x"}, "labels": {RUN_LABEL: "idempotency", "cbtest.idempotency": tag}}
+    key = new_key()
+    async with sqlite_server.async_client() as api:
+        assert (await api.post("/api/runtime/templates", json=definition)).status_code == 201
+        first = await start(api, body, key)
+        assert first.status_code == 201, first.text
+        leave_as_dead_request(sqlite_server.data_dir, key, first.json()["credentials"])
+
+        retry = await start(api, body, key)
+        again = await start(api, body, key)
+
+    assert retry.status_code == 201, retry.text
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.json()["id"] == first.json()["id"]
+    assert retry.json()["credentials"] == first.json()["credentials"]
+    assert again.content == retry.content
+    assert len(await engine_containers(docker, tag)) == 1
+    # Once the response is stored with the key, the container's row no longer keeps the secret.
+    with sqlite3.connect(sqlite_server.data_dir / "corebase.sqlite") as connection:
+        kept = connection.execute("SELECT pending_credentials FROM containers WHERE id = ?", (first.json()["id"],)).fetchone()
+    assert kept == (None,)
 
 
 @pytest.mark.engine

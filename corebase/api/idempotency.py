@@ -18,7 +18,8 @@ from corebase.api.records import container_record
 from corebase.api.schemas import ContainerRecord, StartRequest
 from corebase.auth.caller import Caller
 from corebase.containers.service import ContainerService
-from corebase.idempotency import HEADER, REPLAY_HEADER, IdempotencyService, check_key, fingerprint
+from corebase.errors import IdempotencyKeyInProgress
+from corebase.idempotency import HEADER, REPLAY_HEADER, IdempotencyService, check_key, fingerprint, key_id
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -51,13 +52,30 @@ async def start_response(
         started = await containers.start(caller, data)
         return Response(container_record(started.row, credentials=started.credentials), status_code=HTTP_201_CREATED)
 
+    row_key = key_id(caller.user, check_key(key))
+
     async def start_once() -> tuple[int, bytes, str]:
-        started = await containers.start(caller, data)
+        started = await containers.start(caller, data, idempotency_key=row_key)
         body = msgspec.json.encode(container_record(started.row, credentials=started.credentials))
         return HTTP_201_CREATED, body, started.row.id
 
+    async def recover() -> tuple[int, bytes, str] | None:
+        # The request that held the key died. Its row, written together with the key, shows
+        # whether it got as far as a container.
+        row = await containers.find_keyed(caller.user, row_key)
+        if row is None or row.status == "failed":
+            return None
+        if row.status == "creating":
+            # The reconciler marks the row failed, and removes its container, after reconcile.creating_grace.
+            raise IdempotencyKeyInProgress(key)
+        body = msgspec.json.encode(container_record(row, credentials=row.pending_credentials or {}))
+        return HTTP_201_CREATED, body, row.id
+
     outcome = await idempotency.run(
-        caller.user, check_key(key), fingerprint(request.method, request.url.path, data), start_once
+        caller.user, key, fingerprint(request.method, request.url.path, data), start_once, recover
     )
+    if outcome.container_id is not None:
+        # The response, credentials included, is stored with the key now, so the row need not keep them.
+        await containers.forget_credentials(outcome.container_id)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(outcome.body, status_code=outcome.status, media_type=MediaType.JSON, headers=headers)

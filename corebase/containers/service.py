@@ -133,10 +133,13 @@ class ContainerService:
 
     # --- start -------------------------------------------------------------------------------
 
-    async def start(self, caller: Caller, request: StartRequest) -> Started:
+    async def start(self, caller: Caller, request: StartRequest, *, idempotency_key: str | None = None) -> Started:
         """Start a container: claim one from the template's pool when it can, else create one.
 
         On any failure of a cold start, whatever was made is removed and the error re-raised.
+        `idempotency_key` (the id of the request's idempotency_keys row) is written with the row,
+        together with the generated credentials, so that `find_keyed` finds the container even when
+        this process dies before the response is stored.
         """
         template = await self.templates.get_visible(caller, request.template) if request.template is not None else None
         container_id = new_container_id()
@@ -166,7 +169,7 @@ class ContainerService:
 
         missed_pool = None
         if template is not None and self.pool is not None and self.pool.can_serve(request):
-            claimed = await self.pool.claim(caller, request, template)
+            claimed = await self.pool.claim(caller, request, template, idempotency_key=idempotency_key)
             if claimed is not None:
                 await _start_timers_of_claim(claimed.row, timers)
                 return claimed
@@ -180,8 +183,10 @@ class ContainerService:
             labels=request.labels,
             template=template,
             source="cold",
+            credentials=credentials,
             missed_pool=missed_pool,
             timers=timers,
+            idempotency_key=idempotency_key,
         )
         await self.launch(row, spec)
         logger.info("started container %s image=%s owner=%s source=cold", row.id, spec.image, caller.user)
@@ -297,12 +302,14 @@ class ContainerService:
         credentials: dict[str, str] | None = None,
         missed_pool: str | None = None,
         timers: Timers | None = None,
+        idempotency_key: str | None = None,
     ) -> Container:
         """Write the `creating` row of a container about to be created, after checking its name is free.
 
         A pool member passes `pool`, and keeps its generated `credentials` until it is claimed. A
-        cold start that a pool could have served but had no idle member for passes `missed_pool`,
-        so the pool counts it as a miss.
+        start with an `idempotency_key` keeps them until its response is stored (see
+        `forget_credentials`). A cold start that a pool could have served but had no idle member
+        for passes `missed_pool`, so the pool counts it as a miss.
         """
         now = utcnow()
         row = Container(
@@ -317,7 +324,8 @@ class ContainerService:
             source=source,
             pool=pool or missed_pool,
             pool_state="warming" if pool else None,
-            pending_credentials=credentials if pool else None,
+            pending_credentials=credentials if pool or idempotency_key else None,
+            idempotency_key=idempotency_key,
             command=spec.command,
             labels=dict(labels or {}),
             ports=[],
@@ -662,6 +670,21 @@ class ContainerService:
         while len(self._samples) > STATS_CACHE_SIZE:
             self._samples.popitem(last=False)
         return row, current, percent
+
+    async def find_keyed(self, owner: str, idempotency_key: str) -> Container | None:
+        """Return `owner`'s newest container started under `idempotency_key`, removed ones included."""
+        return (
+            await _select()
+            .where((Container.owner == owner) & (Container.idempotency_key == idempotency_key))
+            .order_by(Container.created_at, ascending=False)
+            .first()
+        )
+
+    async def forget_credentials(self, container_id: str) -> None:
+        """Drop the credentials a keyed start kept on its row, once its response is stored elsewhere."""
+        await Container.update({Container.pending_credentials: None}).where(
+            (Container.id == container_id) & Container.pool_state.is_null()
+        )
 
     async def find(self, caller: Caller, reference: str, include_removed: bool = False) -> Container:
         """Find the caller's container by id or name without asking the engine, as `_find` does."""

@@ -56,6 +56,8 @@ class Container(Table, tablename="containers"):
     last_activity_at = Timestamptz(null=True, default=None)
     # Remove the container, and mark its row removed, once it has exited.
     auto_remove = Boolean(default=False)
+    # The idempotency_keys row of the start request that made it, so a retry after a crash finds it.
+    idempotency_key = Varchar(length=64, null=True, default=None, index=True)
 
 
 def row_values(row: Container) -> dict:

@@ -15,7 +15,9 @@ The rules follow the IETF draft "The Idempotency-Key HTTP Header Field" and Stri
 Two requests with one key never both run: the first INSERT of the key's row wins (the primary
 key is unique on SQLite and PostgreSQL alike), and the other finds the row. While a request
 runs, it renews a short lock on its row. When its process dies, the lock runs out and a retry
-takes the key over with a conditional UPDATE, which again only one request can win.
+takes the key over with a conditional UPDATE, which again only one request can win. The retry
+then calls `recover` to find what the dead request left: a response to store and send, or
+nothing, and then the request runs again.
 """
 
 from __future__ import annotations
@@ -47,16 +49,23 @@ PRUNE_INTERVAL = 300.0
 
 
 class Outcome(NamedTuple):
-    """A response to send: the first one, or a stored one replayed."""
+    """A response to send: the first one, or a stored one replayed, and the container it names."""
 
     status: int
     body: bytes
     replayed: bool
+    container_id: str | None = None
+
+
+# The result of a request, stored under its key: status, body and container id.
+Result = tuple[int, bytes, str | None]
 
 
 class _Attempt(NamedTuple):
     key_id: str
     token: str
+    # Whether the key was taken over from a request whose lock ran out.
+    taken_over: bool = False
 
 
 def check_key(value: str) -> str:
@@ -103,19 +112,34 @@ class IdempotencyService:
         self._pruner: asyncio.Task | None = None
 
     async def run(
-        self, owner: str, key: str, request_fingerprint: str, action: Callable[[], Awaitable[tuple[int, bytes, str | None]]]
+        self,
+        owner: str,
+        key: str,
+        request_fingerprint: str,
+        action: Callable[[], Awaitable[Result]],
+        recover: Callable[[], Awaitable[Result | None]] | None = None,
     ) -> Outcome:
         """Return the stored response for `owner`'s `key`, or run `action` once and store what it returns.
 
         `action` returns (status, body, container id). Raises IdempotencyKeyReused (422) when the key
         was used for another request, and IdempotencyKeyInProgress (409) while that request still runs.
-        When `action` raises, the key is freed and the error re-raised.
+        When `action` raises, the key is freed and the error re-raised. After taking the key over
+        from a request that died, `recover` returns that request's result, which is stored and
+        sent as a replay, or None when it left nothing and `action` should run. It may raise
+        IdempotencyKeyInProgress while what the dead request left is still being cleaned up.
         """
         attempt_or_replay = await self._begin(owner, key, request_fingerprint)
         if isinstance(attempt_or_replay, Outcome):
             logger.info("replayed the response for %s %r of user %s", HEADER, key, owner)
             return attempt_or_replay
         attempt = attempt_or_replay
+
+        recovered = await recover() if attempt.taken_over and recover is not None else None
+        if recovered is not None:
+            status, body, container_id = recovered
+            await asyncio.shield(self._complete(attempt, status, body, container_id))
+            logger.info("stored the response left by a dead request for %s %r of user %s", HEADER, key, owner)
+            return Outcome(status, body, replayed=True, container_id=container_id)
 
         try:
             async with self._holding(attempt):
@@ -124,7 +148,7 @@ class IdempotencyService:
             await asyncio.shield(self._release(attempt))
             raise
         await asyncio.shield(self._complete(attempt, status, body, container_id))
-        return Outcome(status, body, replayed=False)
+        return Outcome(status, body, replayed=False, container_id=container_id)
 
     async def prune(self, now: datetime | None = None) -> int:
         """Delete expired keys, except one whose request still holds its lock; return the number deleted."""
@@ -184,7 +208,7 @@ class IdempotencyService:
             if row.fingerprint != request_fingerprint:
                 raise IdempotencyKeyReused(key, row.container_id)
             if row.status == DONE:
-                return Outcome(row.response_status, row.response_body.encode(), replayed=True)
+                return Outcome(row.response_status, row.response_body.encode(), replayed=True, container_id=row.container_id)
 
             # The first request still runs, unless its lock ran out because its process died.
             taken = await (
@@ -199,10 +223,8 @@ class IdempotencyService:
                 .returning(IdempotencyKey.id)
             )
             if taken:
-                # NOTE: a process that died after its container started, but before it stored the
-                # response, leaves that container to its owner, and this retry starts another.
                 logger.warning("took over %s %r of user %s from a request whose lock ran out", HEADER, key, owner)
-                return _Attempt(row_id, token)
+                return _Attempt(row_id, token, taken_over=True)
             raise IdempotencyKeyInProgress(key)
         raise IdempotencyKeyInProgress(key)
 

@@ -264,12 +264,15 @@ class PoolService:
 
     # --- claims ------------------------------------------------------------------------------
 
-    async def claim(self, caller: Caller, request: StartRequest, template: TemplateSpec) -> Started | None:
+    async def claim(
+        self, caller: Caller, request: StartRequest, template: TemplateSpec, *, idempotency_key: str | None = None
+    ) -> Started | None:
         """Hand an idle member of the template's pool to the caller, or return None for a cold start.
 
         Only a request with nothing but a name, labels and a project can be served from a pool,
         because a running container cannot take another command, environment or limits.
-        The member is checked in the engine before it is handed out.
+        The member is checked in the engine before it is handed out. A claim with an
+        `idempotency_key` writes it to the row and keeps the credentials there, as a cold start does.
         """
         began = time.perf_counter()
         if not self.can_serve(request):
@@ -310,7 +313,8 @@ class PoolService:
             row.labels = dict(request.labels)
             row.project_id = request.project_id
             row.pool_state = None
-            row.pending_credentials = None
+            row.pending_credentials = credentials if idempotency_key else None
+            row.idempotency_key = idempotency_key
             row.source = "pool"
             row.updated_at = utcnow()
             row.claim_ms = (time.perf_counter() - began) * 1000
@@ -338,7 +342,8 @@ class PoolService:
                 Container.labels: row.labels,
                 Container.project_id: row.project_id,
                 Container.pool_state: None,
-                Container.pending_credentials: None,
+                Container.pending_credentials: row.pending_credentials,
+                Container.idempotency_key: row.idempotency_key,
                 Container.source: "pool",
                 Container.updated_at: row.updated_at,
                 Container.claim_ms: row.claim_ms,
