@@ -269,7 +269,8 @@ async def test_stats_computes_cpu_from_two_readings(api, test_image):
     second = (await api.get("/api/runtime/stats", params={"containerId": record["id"]})).json()
     for reading in (first, second):
         assert reading["cpuPercent"] is not None
-        assert 0 <= reading["cpuPercent"] <= 100 * reading["onlineCpus"]
+        # A reading from the collector's stored sample has no onlineCpus, so the ceiling is checked below.
+        assert reading["cpuPercent"] >= 0
         assert reading["memoryLimitBytes"] == 512 * 1024**2
         assert 0 < reading["memoryPercent"] < 100
     # A busy loop limited to half a CPU reads at most about 50 percent of one CPU. How close it comes

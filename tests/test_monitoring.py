@@ -75,6 +75,23 @@ async def test_cpu_bound_container_reads_near_its_limit(api, test_image):
         await remove(api, record["id"])
 
 
+async def test_new_container_stats_have_cpu(api, test_image):
+    record = await start(api, test_image, command=BURNER, cpus=0.5)
+    sources = set()
+    try:
+        # The collector's first sample of the container, which has no CPU percent, lands within
+        # these reads. A live reading replaces it until a sample with a percent is stored.
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            response = await api.get("/api/runtime/stats", params={"containerId": record["id"]})
+            assert response.status_code == 200, response.text
+            assert response.json()["cpuPercent"] is not None, response.json()
+            sources.add(response.json()["source"])
+    finally:
+        await remove(api, record["id"])
+    assert "sample" in sources
+
+
 async def test_memory_counts_tmpfs_but_not_page_cache(api, test_image):
     record = await start(api, test_image, command=["sleep", "600"], memory="256m")
     container_id = record["id"]

@@ -245,7 +245,9 @@ class RuntimeController(Controller):
         row = await containers.find(caller, container_id)
         if row.status == "running":
             stored = await monitor.store.latest(row.id)
-            if stored is not None and time.time() - stored.epoch <= monitor.fresh_for:
+            # A container's first sample has no CPU percent, because that needs the reading before it.
+            fresh = stored is not None and time.time() - stored.epoch <= monitor.fresh_for
+            if fresh and stored.cpu_percent is not None:
                 return stored_stats_record(stored)
         try:
             row, sample, percent = await containers.stats(caller, container_id)
