@@ -79,7 +79,6 @@ LIVE_STATUSES = ("created", "running", "paused", "restarting")
 REFRESH_WAIT = 3.0
 # A kept stats sample older than this is not used for the CPU delta.
 STATS_SAMPLE_MAX_AGE = 60.0
-STATS_EXTRA_READINGS = 3
 STATS_CACHE_SIZE = 10_000
 # Seconds to wait for the first output of a log or exec stream before sending the response headers.
 FIRST_OUTPUT_WAIT = 0.25
@@ -656,11 +655,7 @@ class ContainerService:
             stored = self._samples.get(row.id)
             previous = stored[1] if stored and time.monotonic() - stored[0] < STATS_SAMPLE_MAX_AGE else None
             percent = cpu_percent(previous, current)
-            # A loaded engine can hand out two readings that show no time between them, so a
-            # reading without a percent is followed by a few more before the answer leaves it out.
-            for _ in range(STATS_EXTRA_READINGS):
-                if percent is not None:
-                    break
+            if percent is None:
                 await asyncio.sleep(self.settings.stats.sample_interval)
                 previous, current = current, await self.runtime.stats(row.docker_id)
                 percent = cpu_percent(previous, current)
