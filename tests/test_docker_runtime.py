@@ -197,6 +197,43 @@ async def test_silent_engine_times_out(tmp_path: Path) -> None:
     assert "docker.timeout" in caught.value.detail
 
 
+async def test_cut_response_engine_unavailable(tmp_path: Path) -> None:
+    # A server that promises a longer body than it sends, then closes, acts as an engine whose
+    # connection was lost in the middle of a log stream.
+    path = tmp_path / "docker.sock"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request_line = await reader.readline()
+            if not request_line:
+                break
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            if b"/json" in request_line:
+                body = json.dumps({"Config": {"Tty": True}}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nfirst line\n")
+            await writer.drain()
+            break
+        writer.close()
+
+    server = await asyncio.start_unix_server(answer, path=str(path))
+    cut = DockerRuntime(f"unix://{path}", timeout=5)
+    try:
+        with pytest.raises(EngineUnavailable) as caught:
+            async for _ in cut.logs("c1", LogOptions(follow=True)):
+                pass
+    finally:
+        await cut.close()
+        server.close()
+        await server.wait_closed()
+
+    assert caught.value.status == 503
+    assert str(path) in caught.value.detail
+
+
 # --- create ------------------------------------------------------------------------------------
 
 

@@ -66,7 +66,9 @@ def map_engine_error(
             f"{operation} timed out{limit} waiting for the Docker Engine at {endpoint}; "
             "raise docker.timeout if the engine is slow"
         )
-    if isinstance(exc, aiohttp.ClientConnectionError):
+    # A payload error means the connection closed in the middle of a response, as a lost
+    # connection does, so it counts the same.
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
         return unavailable(endpoint, exc)
 
     if isinstance(exc, aiodocker.DockerError):
