@@ -227,7 +227,7 @@ async def test_recovery_in_progress_keeps_key(service) -> None:
     assert action.runs == 0
     row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
     assert row.status == IN_PROGRESS
-    # The retry holds the key now, so the next one within the lock is told to wait too.
+    # The retry has taken the key, so the next one within the lock gets 409 as well.
     with pytest.raises(IdempotencyKeyInProgress):
         await service.run("alice", "k1", "print-a", action, recover)
 
