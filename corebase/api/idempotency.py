@@ -59,6 +59,8 @@ async def start_response(
         body = msgspec.json.encode(container_record(started.row, credentials=started.credentials))
         return HTTP_201_CREATED, body, started.row.id
 
+    recovered: list[str] = []
+
     async def recover() -> tuple[int, bytes, str] | None:
         # The request that held the key died. Its row, written together with the key, shows
         # whether it got as far as a container.
@@ -69,13 +71,14 @@ async def start_response(
             # The reconciler marks the row failed, and removes its container, after reconcile.creating_grace.
             raise IdempotencyKeyInProgress(key)
         body = msgspec.json.encode(container_record(row, credentials=row.pending_credentials or {}))
+        recovered.append(row.id)
         return HTTP_201_CREATED, body, row.id
 
     outcome = await idempotency.run(
         caller.user, key, fingerprint(request.method, request.url.path, data), start_once, recover
     )
-    if outcome.container_id is not None:
-        # The response, credentials included, is stored with the key now, so the row need not keep them.
+    if outcome.container_id is not None and (not outcome.replayed or recovered):
+        # The response, credentials included, was just stored with the key, so the row need not keep them.
         await containers.forget_credentials(outcome.container_id)
     headers = {REPLAY_HEADER: "true"} if outcome.replayed else None
     return Response(outcome.body, status_code=outcome.status, media_type=MediaType.JSON, headers=headers)
