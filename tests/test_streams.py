@@ -163,20 +163,56 @@ async def test_runtime_passes_cut_pieces_on(runtime, started) -> None:
     assert ends == [ExecExit(exit_code=0)]
 
 
+async def assert_gone(runtime, engine_id: str, command: str) -> None:
+    """Wait until `command` is no longer in the container's process list.
+
+    The kill is sent before the stream's aclose() returns, but the process may take a moment to go.
+    """
+    async with asyncio.timeout(10):
+        while command in (await runtime.exec(engine_id, ["ps", "-o", "args"])).stdout:
+            await asyncio.sleep(0.2)
+
+
 @pytest.mark.engine
 async def test_runtime_stream_closed_early_kills_command(runtime, started) -> None:
     record = await started(command=SLEEPER)
-    stream = runtime.exec_stream(record["dockerId"], ["sh", "-c", "echo ready; exec sleep 432"])
+    stream = runtime.exec_stream(record["dockerId"], ["sh", "-c", "sleep 433 & echo ready; exec sleep 432"])
 
     first = await anext(stream)
     await stream.aclose()
 
     assert first == LogChunk(stream="stdout", data=b"ready\n")
-    # The kill is sent before aclose() returns, but a loaded machine may not have run the dying
-    # process yet, so ps is asked again for a few seconds.
-    async with asyncio.timeout(10):
-        while "sleep 432" in (await runtime.exec(record["dockerId"], ["ps", "-o", "args"])).stdout:
-            await asyncio.sleep(0.2)
+    # The child that kept the command's environment goes too.
+    await assert_gone(runtime, record["dockerId"], "sleep 432")
+    await assert_gone(runtime, record["dockerId"], "sleep 433")
+
+
+@pytest.mark.engine
+async def test_runtime_stream_closed_at_once_kills_command(runtime, started) -> None:
+    # Engine 20.10 reports a running exec with no PID for a moment after its output begins, so a
+    # kill sent at once must still find the command.
+    record = await started(command=SLEEPER)
+    for attempt in range(5):
+        stream = runtime.exec_stream(record["dockerId"], ["sh", "-c", f"echo ready; exec sleep {440 + attempt}"])
+        assert await anext(stream) == LogChunk(stream="stdout", data=b"ready\n")
+        await stream.aclose()
+
+    for attempt in range(5):
+        await assert_gone(runtime, record["dockerId"], f"sleep {440 + attempt}")
+
+
+@pytest.mark.engine
+async def test_runtime_timeout_kills_command_without_shell(runtime, started) -> None:
+    # Without a shell in the container the kill script cannot run, so the command's main process
+    # is killed through its host PID, which the tests' engine shares with them.
+    record = await started(command=SLEEPER)
+    removed = await runtime.exec(record["dockerId"], ["rm", "/bin/sh"])
+    assert removed.exit_code == 0, removed.stderr
+
+    items = [item async for item in runtime.exec_stream(record["dockerId"], ["sleep", "434"], timeout=1.0)]
+
+    assert items == [ExecExit(exit_code=None, timed_out=True)]
+    await assert_gone(runtime, record["dockerId"], "sleep 434")
 
 
 @pytest.mark.engine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -29,9 +30,27 @@ _START_FAILED_EXIT_CODES = (126, 127)
 START_FAILED_EXIT_CODE = _START_FAILED_EXIT_CODES[0]
 _START_FAILED_PREFIX = "OCI runtime exec failed"
 
-# Seconds to wait for the engine to record the exit code after the output stream ends.
+# Seconds to wait for the engine to record the exit code after the output stream ends, or the
+# host PID after the command starts (engine 20.10 records it after the output begins).
 _EXIT_CODE_WAIT = 2.0
-_EXIT_CODE_POLL = 0.05
+_PID_WAIT = 2.0
+_INSPECT_POLL = 0.05
+
+# The variable that marks the processes of one exec, so `signal_marked` can find them. The engine
+# has no API to signal an exec, and the PID that exec inspect reports is a host PID, which means
+# nothing inside the container's PID namespace.
+MARKER_VARIABLE = "COREBASE_EXEC_ID"
+
+# Run by `sh -c` with $1 the marker value and $2 the signal name. It reads /proc, so it needs
+# no ps; `tr` turns each environment into lines for an exact match.
+_KILL_SCRIPT = (
+    'for dir in /proc/[0-9]*; do '
+    'if tr "\\0" "\\n" < "$dir/environ" 2>/dev/null | grep -qx "COREBASE_EXEC_ID=$1"; then '
+    'kill -s "$2" "${dir#/proc/}" 2>/dev/null; '
+    'fi; done; exit 0'
+)
+# Seconds the signalling exec may take.
+_SIGNAL_TIMEOUT = 10.0
 
 
 class OutputBuffer:
@@ -78,6 +97,7 @@ async def run_exec(
     user: str | None,
     timeout: float | None,
     max_output: int | None,
+    mark: bool = True,
 ) -> ExecResult:
     """Run `command` in container `engine_id` and return its exit code and output.
 
@@ -87,7 +107,7 @@ async def run_exec(
     """
     output = OutputBuffer(max_output)
     end = ExecExit(exit_code=None)
-    items = stream_exec(docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout)
+    items = stream_exec(docker, engine_id, command, env=env, workdir=workdir, user=user, timeout=timeout, mark=mark)
     async with aclosing(items):
         async for item in items:
             if isinstance(item, ExecExit):
@@ -113,26 +133,30 @@ async def stream_exec(
     workdir: str | None,
     user: str | None,
     timeout: float | None,
+    mark: bool = True,
 ) -> AsyncIterator[LogChunk | ExecExit]:
     """Run `command` in container `engine_id`, yield its output as it arrives, then one ExecExit.
 
     Nothing is buffered beyond the frame being read: aiodocker (0.27) stops reading from the
     engine while its queue contains more than 128 KiB, so a consumer that does not iterate
     blocks the command's writes instead of filling memory. `timeout` counts from the start, the
-    consumer's time included. Past it the command is killed (see `_kill_exec`) and the ExecExit
+    consumer's time included. Past it the command is killed (see `_ExecKiller`) and the ExecExit
     has `timed_out` set. A consumer that stops iterating early kills the command the same way.
-    aiodocker exceptions propagate for the caller to translate (409 when the container is not
+    `mark` gives the command a MARKER_VARIABLE of its own for that kill; the signalling exec
+    itself runs unmarked. aiodocker exceptions propagate for the caller to translate (409 when the container is not
     running).
     """
+    marker = new_marker() if mark else None
     container = docker.containers.container(engine_id)
     exec_ = await container.exec(
         command,
         stdout=True,
         stderr=True,
-        environment=env or None,
+        environment={**(env or {}), MARKER_VARIABLE: marker} if marker else env or None,
         workdir=workdir,
         user=user or "",
     )
+    kill = _ExecKiller(docker, exec_, engine_id, user=user, marker=marker)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     stream = exec_.start(detach=False)
@@ -147,7 +171,7 @@ async def stream_exec(
             logger.info("exec %s in container %s timed out after %g s", exec_.id, engine_id, timeout)
             ended = True
             await stream.close()
-            await _kill_exec(exec_, engine_id, "timed-out")
+            await kill("timed-out")
             for chunk in start_message.release(None):
                 yield chunk
             yield ExecExit(exit_code=None, timed_out=True)
@@ -171,7 +195,7 @@ async def stream_exec(
         await stream.close()
         if not ended:
             # The consumer stopped early or the read failed, so the output has no reader any more.
-            await asyncio.shield(_kill_exec(exec_, engine_id, "abandoned"))
+            await asyncio.shield(kill("abandoned"))
 
 
 class _DeadlinePassed(Exception):
@@ -242,43 +266,105 @@ async def wait_exit_code(exec_: Exec) -> int | None:
         if loop.time() >= give_up_at:
             logger.warning("exec %s ended its output but reports no exit code: %s", exec_.id, info)
             return None
-        await asyncio.sleep(_EXIT_CODE_POLL)
+        await asyncio.sleep(_INSPECT_POLL)
 
 
-async def _kill_exec(exec_: Exec, engine_id: str, reason: str) -> None:
-    """Kill an exec's process through its host PID, when that PID is surely the exec's.
+def new_marker() -> str:
+    """Return a fresh value for an exec's MARKER_VARIABLE."""
+    return secrets.token_hex(8)
 
-    `reason` ("timed-out" or "abandoned") goes into the log lines. The engine has no API to stop
-    an exec. Its PID is a host PID, which names the exec only when CoreBase shares the engine's
-    PID namespace, so the process is killed only when its /proc/<pid>/cgroup names the container.
+
+async def signal_marked(docker: aiodocker.Docker, engine_id: str, marker: str, name: str, user: str | None) -> ExecResult:
+    """Send signal `name` to every process in the container whose environment holds `marker`.
+
+    That is the marked command and the processes it started that kept its environment. A second
+    exec runs `kill` for them as `user`, so it needs `sh`, `tr`, `grep` and `kill` in the image; its
+    exit code is 0 when the script ran. aiodocker exceptions propagate.
     """
-    try:
-        info: dict[str, Any] = await exec_.inspect()
-    except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        logger.warning("cannot inspect %s exec %s to kill it: %r", reason, exec_.id, exc)
-        return
-    pid = int(info.get("Pid") or 0)
-    container_id = str(info.get("ContainerID") or engine_id)
-    if not info.get("Running") or pid <= 0:
-        return
+    return await run_exec(
+        docker,
+        engine_id,
+        ["sh", "-c", _KILL_SCRIPT, "sh", marker, name],
+        env=None,
+        workdir=None,
+        user=user,
+        timeout=_SIGNAL_TIMEOUT,
+        max_output=4096,
+        mark=False,
+    )
 
-    try:
-        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        cgroups = ""
-    if container_id not in cgroups:
-        # NOTE: the process is left running: CoreBase runs in another PID namespace (for
-        # example in a container with the engine socket mounted) or the PID was reused.
-        logger.warning(
-            "%s exec %s (host pid %d) left running: /proc/%d/cgroup does not name container %s",
-            reason, exec_.id, pid, pid, container_id,
-        )
-        return
 
-    try:
-        # NOTE: only the exec's main process is killed; children it started keep running until
-        # they exit or the container stops.
-        os.kill(pid, signal.SIGKILL)
-        logger.info("killed %s exec %s (host pid %d) in container %s", reason, exec_.id, pid, container_id)
-    except (ProcessLookupError, PermissionError) as exc:
-        logger.warning("cannot kill %s exec %s (host pid %d): %s", reason, exec_.id, pid, exc)
+class _ExecKiller:
+    """Kill a timed-out or abandoned exec's processes; call with the reason for the log lines.
+
+    The marked processes are killed first (see `signal_marked`), which reaches the command's
+    children and works from any PID namespace. Where that script cannot run, in an image without a
+    shell, the command's main process is killed through its host PID instead, when that PID is
+    surely the exec's: CoreBase shares the engine's PID namespace and /proc/<pid>/cgroup names the
+    container.
+    """
+
+    def __init__(self, docker: aiodocker.Docker, exec_: Exec, engine_id: str, *, user: str | None, marker: str | None) -> None:
+        self.docker = docker
+        self.exec_ = exec_
+        self.engine_id = engine_id
+        self.user = user
+        self.marker = marker
+
+    async def __call__(self, reason: str) -> None:
+        if self.marker is not None:
+            try:
+                result = await signal_marked(self.docker, self.engine_id, self.marker, "KILL", self.user)
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                logger.info("cannot run the kill script for %s exec %s: %r", reason, self.exec_.id, exc)
+            else:
+                if result.exit_code == 0:
+                    logger.info("killed %s exec %s in container %s", reason, self.exec_.id, self.engine_id)
+                    return
+                logger.info(
+                    "kill script for %s exec %s failed (exit code %s): %s",
+                    reason, self.exec_.id, result.exit_code, result.stderr.strip(),
+                )
+        await self._kill_host_pid(reason)
+
+    async def _kill_host_pid(self, reason: str) -> None:
+        try:
+            info = await self._running_info()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            logger.warning("cannot inspect %s exec %s to kill it: %r", reason, self.exec_.id, exc)
+            return
+        pid = int(info.get("Pid") or 0)
+        container_id = str(info.get("ContainerID") or self.engine_id)
+        if not info.get("Running"):
+            return
+        try:
+            cgroups = Path(f"/proc/{pid}/cgroup").read_text() if pid > 0 else ""
+        except OSError:
+            cgroups = ""
+        if container_id not in cgroups:
+            # NOTE: the process is left running: CoreBase runs in another PID namespace (for
+            # example in a container with the engine socket mounted), the PID was reused or the
+            # engine never reported it.
+            logger.warning(
+                "%s exec %s (host pid %d) left running: /proc/%d/cgroup does not name container %s",
+                reason, self.exec_.id, pid, pid, container_id,
+            )
+            return
+        try:
+            # NOTE: only the exec's main process is killed; children it started keep running until
+            # they exit or the container stops.
+            os.kill(pid, signal.SIGKILL)
+            logger.info("killed %s exec %s (host pid %d) in container %s", reason, self.exec_.id, pid, container_id)
+        except (ProcessLookupError, PermissionError) as exc:
+            logger.warning("cannot kill %s exec %s (host pid %d): %s", reason, self.exec_.id, pid, exc)
+
+    async def _running_info(self) -> dict[str, Any]:
+        """Inspect the exec, again while it runs without a PID: engine 20.10 records the PID after
+        the command's output has begun."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + _PID_WAIT
+        while True:
+            info: dict[str, Any] = await self.exec_.inspect()
+            if not info.get("Running") or int(info.get("Pid") or 0) > 0 or loop.time() >= give_up_at:
+                return info
+            await asyncio.sleep(_INSPECT_POLL)

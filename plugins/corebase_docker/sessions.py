@@ -1,12 +1,10 @@
 """Interactive exec: a command with its stdin open, over the engine's hijacked exec connection.
 
-The engine has no API to signal an exec, and the PID that exec inspect reports is a host PID,
-which means nothing inside the container's PID namespace. So every session's command gets the
-environment variable COREBASE_EXEC_ID with a random value, and a signal is delivered by a second
-exec that runs `kill` on every process in the container whose environment has that value: the
-command and the children that kept its environment. A TTY session sends INT, QUIT and TSTP as
-the control characters instead, which the terminal turns into signals for its foreground
-process group, as a keyboard would.
+Every session's command gets a MARKER_VARIABLE of its own, and a signal is delivered to the
+processes that carry it by a second exec (see `signal_marked`): the command and the children
+that kept its environment. A TTY session sends INT, QUIT and TSTP as the control characters
+instead, which the terminal turns into signals for its foreground process group, as a keyboard
+would.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 
 import aiodocker
 import aiohttp
@@ -22,27 +19,20 @@ from aiodocker.execs import Exec
 from aiodocker.stream import Stream
 
 from corebase.runtime.types import LogChunk
-from corebase_docker.execs import START_FAILED_EXIT_CODE, StartMessage, run_exec, wait_exit_code
+from corebase_docker.execs import (
+    MARKER_VARIABLE,
+    START_FAILED_EXIT_CODE,
+    StartMessage,
+    new_marker,
+    signal_marked,
+    wait_exit_code,
+)
 from corebase_docker.frames import STREAM_NAMES
 
 logger = logging.getLogger(__name__)
 
-# The variable that marks the processes of one session, so `signal` can find them.
-MARKER_VARIABLE = "COREBASE_EXEC_ID"
-
 # Signals a TTY session sends as the control character the terminal turns into that signal.
 CONTROL_CHARACTERS = {"INT": b"\x03", "QUIT": b"\x1c", "TSTP": b"\x1a"}
-
-# Run by `sh -c` with $1 the marker value and $2 the signal name. It reads /proc, so it needs
-# no ps; `tr` turns each environment into lines for an exact match.
-_KILL_SCRIPT = (
-    'for dir in /proc/[0-9]*; do '
-    'if tr "\\0" "\\n" < "$dir/environ" 2>/dev/null | grep -qx "COREBASE_EXEC_ID=$1"; then '
-    'kill -s "$2" "${dir#/proc/}" 2>/dev/null; '
-    'fi; done; exit 0'
-)
-# Seconds the signalling exec may take.
-_SIGNAL_TIMEOUT = 10.0
 
 
 class DockerExecSession:
@@ -113,16 +103,7 @@ class DockerExecSession:
         if self.tty and name in CONTROL_CHARACTERS:
             await self.write(CONTROL_CHARACTERS[name])
             return
-        result = await run_exec(
-            self.docker,
-            self.engine_id,
-            ["sh", "-c", _KILL_SCRIPT, "sh", self._marker, name],
-            env=None,
-            workdir=None,
-            user=self._user,
-            timeout=_SIGNAL_TIMEOUT,
-            max_output=4096,
-        )
+        result = await signal_marked(self.docker, self.engine_id, self._marker, name, self._user)
         if result.exit_code != 0:
             logger.warning(
                 "signal %s to exec %s in container %s failed (exit code %s): %s",
@@ -164,7 +145,7 @@ async def open_session(
     aiodocker exceptions propagate for the caller to translate (409 when the container is not
     running or is paused).
     """
-    marker = secrets.token_hex(8)
+    marker = new_marker()
     container = docker.containers.container(engine_id)
     exec_ = await container.exec(
         command,
