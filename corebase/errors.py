@@ -290,12 +290,12 @@ class IdempotencyKeyInProgress(Conflict):
     slug = "idempotency-key-in-progress"
     title = "Request with this idempotency key in progress"
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, detail: str | None = None, retry_after: int = 1) -> None:
         super().__init__(
-            f"a request with Idempotency-Key {key!r} is still running; retry in a moment to get its response",
+            detail or f"a request with Idempotency-Key {key!r} is still running; retry in a moment to get its response",
             field="Idempotency-Key",
         )
-        self.headers["Retry-After"] = "1"
+        self.headers["Retry-After"] = str(retry_after)
 
 
 class ContainerNotRunning(Conflict):

@@ -511,6 +511,38 @@ async def test_retry_after_dead_request_finds_container(sqlite_server, toolbox_i
 
 
 @pytest.mark.engine
+async def test_retry_while_dead_start_creating(sqlite_server, test_image, docker) -> None:
+    tag = secrets.token_hex(6)
+    body = {"image": test_image, "command": ["sleep", "600"], "labels": {RUN_LABEL: "idempotency", "cbtest.idempotency": tag}}
+    key = new_key()
+    database = sqlite_server.data_dir / "corebase.sqlite"
+    async with sqlite_server.async_client() as api:
+        first = await start(api, body, key)
+        assert first.status_code == 201, first.text
+        leave_as_dead_request(sqlite_server.data_dir, key, {})
+        # The dead request's start had not finished: its row is still `creating`, renewed just now.
+        with sqlite3.connect(database) as connection:
+            connection.execute(
+                "UPDATE containers SET status = 'creating', updated_at = ? WHERE id = ?",
+                (str(utcnow()), first.json()["id"]),
+            )
+        try:
+            retry = await start(api, body, key)
+        finally:
+            with sqlite3.connect(database) as connection:
+                connection.execute("UPDATE containers SET status = 'running' WHERE id = ?", (first.json()["id"],))
+
+    problem = retry.json()
+    assert retry.status_code == 409, retry.text
+    assert problem["field"] == "Idempotency-Key"
+    assert first.json()["id"] in problem["detail"]
+    assert "reconcile.creating_grace" in problem["detail"]
+    # reconcile.creating_grace is 60 s, counted from the row's last update.
+    assert 55 <= int(retry.headers["Retry-After"]) <= 61
+    assert len(await engine_containers(docker, tag)) == 1
+
+
+@pytest.mark.engine
 async def test_expired_key_starts_again(tmp_path_factory, test_image, docker) -> None:
     body, tag = tagged_body(test_image)
     key = new_key()

@@ -184,6 +184,8 @@ async def test_interrupted_start_fails_and_frees_quota(harness):
     assert events[0]["containerId"] == row.id
     assert events[0]["owner"] == DAVE.user
     assert events[0]["data"]["repair"] == "interrupted"
+    # The row had no engine id yet, so the repair names the labelled container it removed.
+    assert events[0]["data"]["engineId"] == engine_id == report.repairs[0].engine_id
     assert harness.repairs("interrupted") == 1
 
 

@@ -6,6 +6,7 @@ key of one user starts at most one container, and that a retry gets the first re
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import msgspec
@@ -17,7 +18,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from corebase.api.records import container_record
 from corebase.api.schemas import ContainerRecord, StartRequest
 from corebase.auth.caller import Caller
-from corebase.containers.service import ContainerService
+from corebase.containers.service import ContainerService, utcnow
 from corebase.errors import IdempotencyKeyInProgress
 from corebase.idempotency import HEADER, REPLAY_HEADER, IdempotencyService, check_key, fingerprint, key_id
 
@@ -68,8 +69,17 @@ async def start_response(
         if row is None or row.status == "failed":
             return None
         if row.status == "creating":
-            # The reconciler marks the row failed, and removes its container, after reconcile.creating_grace.
-            raise IdempotencyKeyInProgress(key)
+            # The reconciler marks the row failed, and removes its container, once the start has
+            # made no progress for reconcile.creating_grace. A retry after that starts anew.
+            grace = containers.settings.reconcile.creating_grace
+            wait = max(1, math.ceil(grace - (utcnow() - row.updated_at).total_seconds()) + 1)
+            raise IdempotencyKeyInProgress(
+                key,
+                f"the request with Idempotency-Key {key!r} stopped while container {row.id} was starting; "
+                f"what it left is removed within {wait} s (reconcile.creating_grace), and a retry after that "
+                "starts a new container",
+                retry_after=wait,
+            )
         body = msgspec.json.encode(container_record(row, credentials=row.pending_credentials or {}))
         recovered.append(row.id)
         return HTTP_201_CREATED, body, row.id

@@ -214,7 +214,7 @@ class Reconciler:
         """Log, count and publish one repair."""
         logger.warning(
             "reconciler: %s container %s (engine %s, owner %s): %s",
-            repair.kind, repair.container_id, repair.engine_id, repair.owner, repair.detail,
+            repair.kind, repair.container_id, repair.engine_id or "none", repair.owner, repair.detail,
         )
         if self.metrics is not None:
             self.metrics.reconcile_repairs.labels(repair.kind).inc()
@@ -339,7 +339,10 @@ class _Pass:
             with contextlib.suppress(ContainerNotFound):
                 await self.runtime.remove(engine_id, force=True)
         removed = f"; removed its container {', '.join(sorted(engine_ids))}" if engine_ids else ""
-        self._record(_row_repair("interrupted", row, row.docker_id, "failed", f"{reason}{removed}"))
+        # A start that died before the engine returned the container's id left none in the row, so
+        # the repair names the labelled container found in the engine.
+        engine_id = row.docker_id or min(engine_ids, default=None)
+        self._record(_row_repair("interrupted", row, engine_id, "failed", f"{reason}{removed}"))
 
     async def _mark_gone(self, row: Container) -> None:
         self._check_lease()
