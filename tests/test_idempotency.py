@@ -227,9 +227,18 @@ async def test_recovery_in_progress_keeps_key(service) -> None:
     assert action.runs == 0
     row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
     assert row.status == IN_PROGRESS
-    # The retry has taken the key, so the next one within the lock gets 409 as well.
-    with pytest.raises(IdempotencyKeyInProgress):
-        await service.run("alice", "k1", "print-a", action, recover)
+    # The retry handed the key back, so the next one takes it over at once and asks again.
+    asked = []
+
+    async def recover_now():
+        asked.append(True)
+        return 201, b'{"id": "ctr_left"}', "ctr_left"
+
+    outcome = await service.run("alice", "k1", "print-a", action, recover_now)
+
+    assert asked == [True]
+    assert action.runs == 0
+    assert outcome == (201, b'{"id": "ctr_left"}', True, "ctr_left")
 
 
 async def test_first_run_not_recovered(service) -> None:
@@ -528,6 +537,7 @@ async def test_retry_while_dead_start_creating(sqlite_server, test_image, docker
             )
         try:
             retry = await start(api, body, key)
+            again = await start(api, body, key)
         finally:
             with sqlite3.connect(database) as connection:
                 connection.execute("UPDATE containers SET status = 'running' WHERE id = ?", (first.json()["id"],))
@@ -539,6 +549,9 @@ async def test_retry_while_dead_start_creating(sqlite_server, test_image, docker
     assert "reconcile.creating_grace" in problem["detail"]
     # reconcile.creating_grace is 60 s, counted from the row's last update.
     assert 55 <= int(retry.headers["Retry-After"]) <= 61
+    # The next retry is told the same, not that the dead request is still running.
+    assert again.status_code == 409, again.text
+    assert first.json()["id"] in again.json()["detail"]
     assert len(await engine_containers(docker, tag)) == 1
 
 

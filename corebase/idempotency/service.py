@@ -100,6 +100,15 @@ def key_id(owner: str, key: str) -> str:
     return hashlib.sha256(msgspec.json.encode([owner, key])).hexdigest()
 
 
+def _in_progress(key: str) -> IdempotencyKeyInProgress:
+    """Return the 409 for a key whose request holds its lock, which a server that stopped holds for LOCK_SECONDS."""
+    return IdempotencyKeyInProgress(
+        key,
+        f"a request with Idempotency-Key {key!r} is still running, or its server stopped less than "
+        f"{LOCK_SECONDS:g} s ago; retry in a moment to get its response",
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -134,7 +143,13 @@ class IdempotencyService:
             return attempt_or_replay
         attempt = attempt_or_replay
 
-        recovered = await recover() if attempt.taken_over and recover is not None else None
+        try:
+            recovered = await recover() if attempt.taken_over and recover is not None else None
+        except BaseException:
+            # The key stays with what the dead request left. Its lock ends now, so the next retry
+            # takes the key over at once and calls `recover` again.
+            await asyncio.shield(self._hand_back(attempt))
+            raise
         if recovered is not None:
             status, body, container_id = recovered
             await asyncio.shield(self._complete(attempt, status, body, container_id))
@@ -225,8 +240,8 @@ class IdempotencyService:
             if taken:
                 logger.warning("took over %s %r of user %s from a request whose lock ran out", HEADER, key, owner)
                 return _Attempt(row_id, token, taken_over=True)
-            raise IdempotencyKeyInProgress(key)
-        raise IdempotencyKeyInProgress(key)
+            raise _in_progress(key)
+        raise _in_progress(key)
 
     @contextlib.asynccontextmanager
     async def _holding(self, attempt: _Attempt) -> AsyncIterator[None]:
@@ -274,6 +289,15 @@ class IdempotencyService:
                 attempt.key_id,
                 container_id,
             )
+
+    async def _hand_back(self, attempt: _Attempt) -> None:
+        """End the attempt's lock but keep its key, so the next request with the key takes it over."""
+        try:
+            await IdempotencyKey.update({IdempotencyKey.locked_until: utcnow()}).where(
+                (IdempotencyKey.id == attempt.key_id) & (IdempotencyKey.lock_token == attempt.token)
+            )
+        except Exception:
+            logger.exception("could not unlock idempotency key %s; retries get 409 until its lock runs out", attempt.key_id)
 
     async def _release(self, attempt: _Attempt) -> None:
         """Delete the attempt's key after a failed request, so a retry runs again."""
