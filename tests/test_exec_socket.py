@@ -98,6 +98,17 @@ async def wait_for_process(server: RunningServer, key: str, container_id: str, c
             await asyncio.sleep(0.2)
 
 
+async def wait_until_gone(client: httpx.AsyncClient, container_id: str, command: str) -> None:
+    """Wait until `ps` in the container no longer lists `command`."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        listing = (await client.post("/api/runtime/exec", json={"containerId": container_id, "command": ["ps"]})).json()
+        if command not in listing["stdout"]:
+            return
+        assert time.monotonic() < deadline, f"{command!r} still runs: {listing['stdout']}"
+        await asyncio.sleep(0.5)
+
+
 async def read_to_exit(socket) -> tuple[dict[str, str], dict]:
     """Collect the output of each stream until the exit message; return both."""
     output = {"stdout": "", "stderr": ""}
@@ -270,13 +281,31 @@ async def test_client_leaving_kills_command(server: RunningServer, keys: dict[st
         await read_until(socket, "ready")
 
     async with server.async_client(keys["erin"]) as erin:
-        deadline = time.monotonic() + WAIT
-        while True:
-            listing = (await erin.post("/api/runtime/exec", json={"containerId": container, "command": ["ps"]})).json()
-            if marker not in listing["stdout"]:
-                break
-            assert time.monotonic() < deadline, f"{marker!r} still runs after its session closed: {listing['stdout']}"
-            await asyncio.sleep(0.5)
+        await wait_until_gone(erin, container, marker)
+
+
+async def test_signals_reach_command_without_shell(server: RunningServer, keys: dict[str, str], test_image: str):
+    # Without a shell the signal script cannot run, so the command's main process gets the signal
+    # through its host PID, which the tests' engine shares with them.
+    async with server.async_client(keys["erin"]) as erin:
+        started = await erin.post("/api/runtime/start", json=start_body(test_image, command=SLEEPER))
+        assert started.status_code == 201, started.text
+        container_id = started.json()["id"]
+        try:
+            removed = await erin.post("/api/runtime/exec", json={"containerId": container_id, "command": ["rm", "/bin/sh"]})
+            assert removed.json()["exitCode"] == 0, removed.text
+
+            async with connect(server, keys["erin"], container_id, command=["sleep", "606"]) as socket:
+                await wait_for_process(server, keys["erin"], container_id, "sleep 606")
+                await socket.send(json.dumps({"type": "signal", "name": "TERM"}))
+                _, end = await read_to_exit(socket)
+            assert end["exitCode"] == 143
+
+            async with connect(server, keys["erin"], container_id, command=["sleep", "607"]) as socket:
+                await wait_for_process(server, keys["erin"], container_id, "sleep 607")
+            await wait_until_gone(erin, container_id, "sleep 607")
+        finally:
+            await erin.post("/api/runtime/remove", json={"containerId": container_id, "force": True})
 
 
 async def test_paused_container_refuses_session(server: RunningServer, keys: dict[str, str], container: str):

@@ -140,7 +140,7 @@ async def stream_exec(
     Nothing is buffered beyond the frame being read: aiodocker (0.27) stops reading from the
     engine while its queue contains more than 128 KiB, so a consumer that does not iterate
     blocks the command's writes instead of filling memory. `timeout` counts from the start, the
-    consumer's time included. Past it the command is killed (see `_ExecKiller`) and the ExecExit
+    consumer's time included. Past it the command is killed (see `ExecSignaller`) and the ExecExit
     has `timed_out` set. A consumer that stops iterating early kills the command the same way.
     `mark` gives the command a MARKER_VARIABLE of its own for that kill; the signalling exec
     itself runs unmarked. aiodocker exceptions propagate for the caller to translate (409 when the container is not
@@ -156,7 +156,7 @@ async def stream_exec(
         workdir=workdir,
         user=user or "",
     )
-    kill = _ExecKiller(docker, exec_, engine_id, user=user, marker=marker)
+    signaller = ExecSignaller(docker, exec_, engine_id, user=user, marker=marker)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     stream = exec_.start(detach=False)
@@ -171,7 +171,7 @@ async def stream_exec(
             logger.info("exec %s in container %s timed out after %g s", exec_.id, engine_id, timeout)
             ended = True
             await stream.close()
-            await kill("timed-out")
+            await signaller.send("KILL", "timed-out")
             for chunk in start_message.release(None):
                 yield chunk
             yield ExecExit(exit_code=None, timed_out=True)
@@ -195,7 +195,7 @@ async def stream_exec(
         await stream.close()
         if not ended:
             # The consumer stopped early or the read failed, so the output has no reader any more.
-            await asyncio.shield(kill("abandoned"))
+            await asyncio.shield(signaller.send("KILL", "abandoned"))
 
 
 class _DeadlinePassed(Exception):
@@ -275,7 +275,7 @@ def new_marker() -> str:
 
 
 async def signal_marked(docker: aiodocker.Docker, engine_id: str, marker: str, name: str, user: str | None) -> ExecResult:
-    """Send signal `name` to every process in the container whose environment holds `marker`.
+    """Send signal `name` to every process in the container whose environment contains `marker`.
 
     That is the marked command and the processes it started that kept its environment. A second
     exec runs `kill` for them as `user`, so it needs `sh`, `tr`, `grep` and `kill` in the image; its
@@ -294,12 +294,12 @@ async def signal_marked(docker: aiodocker.Docker, engine_id: str, marker: str, n
     )
 
 
-class _ExecKiller:
-    """Kill a timed-out or abandoned exec's processes; call with the reason for the log lines.
+class ExecSignaller:
+    """Signal one exec's processes, by their marker or else by the exec's host PID.
 
-    The marked processes are killed first (see `signal_marked`), which reaches the command's
+    The marked processes get the signal first (see `signal_marked`), which reaches the command's
     children and works from any PID namespace. Where that script cannot run, in an image without a
-    shell, the command's main process is killed through its host PID instead, when that PID is
+    shell, the command's main process gets it through its host PID instead, when that PID is
     surely the exec's: CoreBase shares the engine's PID namespace and /proc/<pid>/cgroup names the
     container.
     """
@@ -311,52 +311,58 @@ class _ExecKiller:
         self.user = user
         self.marker = marker
 
-    async def __call__(self, reason: str) -> None:
+    async def send(self, name: str, reason: str) -> bool:
+        """Send signal `name` (such as KILL or TERM) and return whether it was delivered.
+
+        `reason` (such as "timed-out" or "abandoned") goes into the log lines.
+        """
         if self.marker is not None:
             try:
-                result = await signal_marked(self.docker, self.engine_id, self.marker, "KILL", self.user)
+                result = await signal_marked(self.docker, self.engine_id, self.marker, name, self.user)
             except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                logger.info("cannot run the kill script for %s exec %s: %r", reason, self.exec_.id, exc)
+                logger.info("cannot run the signal script for %s exec %s: %r", reason, self.exec_.id, exc)
             else:
                 if result.exit_code == 0:
-                    logger.info("killed %s exec %s in container %s", reason, self.exec_.id, self.engine_id)
-                    return
+                    logger.info("sent %s to %s exec %s in container %s", name, reason, self.exec_.id, self.engine_id)
+                    return True
                 logger.info(
-                    "kill script for %s exec %s failed (exit code %s): %s",
+                    "signal script for %s exec %s failed (exit code %s): %s",
                     reason, self.exec_.id, result.exit_code, result.stderr.strip(),
                 )
-        await self._kill_host_pid(reason)
+        return await self._signal_host_pid(name, reason)
 
-    async def _kill_host_pid(self, reason: str) -> None:
+    async def _signal_host_pid(self, name: str, reason: str) -> bool:
         try:
             info = await self._running_info()
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            logger.warning("cannot inspect %s exec %s to kill it: %r", reason, self.exec_.id, exc)
-            return
+            logger.warning("cannot inspect %s exec %s to send it %s: %r", reason, self.exec_.id, name, exc)
+            return False
         pid = int(info.get("Pid") or 0)
         container_id = str(info.get("ContainerID") or self.engine_id)
         if not info.get("Running"):
-            return
+            return False
         try:
             cgroups = Path(f"/proc/{pid}/cgroup").read_text() if pid > 0 else ""
         except OSError:
             cgroups = ""
         if container_id not in cgroups:
-            # NOTE: the process is left running: CoreBase runs in another PID namespace (for
+            # NOTE: the process gets no signal: CoreBase runs in another PID namespace (for
             # example in a container with the engine socket mounted), the PID was reused or the
             # engine never reported it.
             logger.warning(
-                "%s exec %s (host pid %d) left running: /proc/%d/cgroup does not name container %s",
-                reason, self.exec_.id, pid, pid, container_id,
+                "%s exec %s (host pid %d) not sent %s: /proc/%d/cgroup does not name container %s",
+                reason, self.exec_.id, pid, name, pid, container_id,
             )
-            return
+            return False
         try:
-            # NOTE: only the exec's main process is killed; children it started keep running until
-            # they exit or the container stops.
-            os.kill(pid, signal.SIGKILL)
-            logger.info("killed %s exec %s (host pid %d) in container %s", reason, self.exec_.id, pid, container_id)
+            # NOTE: only the exec's main process gets the signal; children it started keep running
+            # until they exit or the container stops.
+            os.kill(pid, signal.Signals[f"SIG{name}"])
         except (ProcessLookupError, PermissionError) as exc:
-            logger.warning("cannot kill %s exec %s (host pid %d): %s", reason, self.exec_.id, pid, exc)
+            logger.warning("cannot send %s to %s exec %s (host pid %d): %s", name, reason, self.exec_.id, pid, exc)
+            return False
+        logger.info("sent %s to %s exec %s (host pid %d) in container %s", name, reason, self.exec_.id, pid, container_id)
+        return True
 
     async def _running_info(self) -> dict[str, Any]:
         """Inspect the exec, again while it runs without a PID: engine 20.10 records the PID after

@@ -1,8 +1,8 @@
 """Interactive exec: a command with its stdin open, over the engine's hijacked exec connection.
 
 Every session's command gets a MARKER_VARIABLE of its own, and a signal is delivered to the
-processes that carry it by a second exec (see `signal_marked`): the command and the children
-that kept its environment. A TTY session sends INT, QUIT and TSTP as the control characters
+processes that carry it by a second exec (see `ExecSignaller`): the command and the children
+that kept its environment, or only the command in an image without a shell. A TTY session sends INT, QUIT and TSTP as the control characters
 instead, which the terminal turns into signals for its foreground process group, as a keyboard
 would.
 """
@@ -22,9 +22,9 @@ from corebase.runtime.types import LogChunk
 from corebase_docker.execs import (
     MARKER_VARIABLE,
     START_FAILED_EXIT_CODE,
+    ExecSignaller,
     StartMessage,
     new_marker,
-    signal_marked,
     wait_exit_code,
 )
 from corebase_docker.frames import STREAM_NAMES
@@ -44,8 +44,7 @@ class DockerExecSession:
         self.engine_id = engine_id
         self._exec = exec_
         self._stream = stream
-        self._user = user
-        self._marker = marker
+        self._signaller = ExecSignaller(docker, exec_, engine_id, user=user, marker=marker)
         self._start_message = StartMessage()
         self._held: list[LogChunk] = []
         self._ended = False
@@ -103,12 +102,8 @@ class DockerExecSession:
         if self.tty and name in CONTROL_CHARACTERS:
             await self.write(CONTROL_CHARACTERS[name])
             return
-        result = await signal_marked(self.docker, self.engine_id, self._marker, name, self._user)
-        if result.exit_code != 0:
-            logger.warning(
-                "signal %s to exec %s in container %s failed (exit code %s): %s",
-                name, self.exec_id, self.engine_id, result.exit_code, result.stderr.strip(),
-            )
+        # The signaller logs why a signal was not delivered.
+        await self._signaller.send(name, "session")
 
     async def exit_code(self) -> int | None:
         return self._exit_code if self._ended else await wait_exit_code(self._exec)
@@ -121,7 +116,7 @@ class DockerExecSession:
             info = await self._exec.inspect()
             if info.get("Running"):
                 logger.info("ending exec %s in container %s, whose session closed", self.exec_id, self.engine_id)
-                await self.signal("KILL")
+                await self._signaller.send("KILL", "closed session")
         except (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("could not stop exec %s in container %s: %r", self.exec_id, self.engine_id, exc)
         finally:
