@@ -93,6 +93,8 @@ class ContainerSettings(Section):
     """Largest CPU limit a start request may ask for."""
     pids_limit: PositiveInt = 512
     """Maximum number of processes in one container."""
+    init: bool = False
+    """Run the engine's init (docker-init) as PID 1, so processes left without a parent are reaped."""
     cap_add: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     """Capabilities kept after dropping all; the rest of the engine's default set is dropped."""
     no_new_privileges: bool = True

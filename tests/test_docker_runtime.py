@@ -472,6 +472,30 @@ async def test_exec_timeout_kills_process(runtime: DockerRuntime, running: str) 
     assert "sleep 321" not in processes.stdout
 
 
+async def zombies_after_killed_child(runtime: DockerRuntime, engine_id: str) -> list[str]:
+    """Time out an exec whose child outlives it, and return the zombie lines of `ps` afterwards."""
+    result = await runtime.exec(engine_id, ["sh", "-c", "sleep 322 & exec sleep 323"], timeout=1.0)
+    assert result.timed_out
+    async with asyncio.timeout(10):
+        while "sleep 32" in (listing := (await runtime.exec(engine_id, ["ps", "-o", "stat,args"])).stdout):
+            await asyncio.sleep(0.2)
+    return [line for line in listing.splitlines() if line.lstrip().startswith("Z")]
+
+
+@engine
+async def test_killed_child_left_as_zombie(runtime: DockerRuntime, running: str) -> None:
+    # Without an init, the killed child's new parent is `sleep 600`, which never reaps it.
+    assert len(await zombies_after_killed_child(runtime, running)) == 1
+
+
+@engine
+async def test_init_reaps_killed_child(runtime: DockerRuntime, new_spec: SpecFactory, docker: aiodocker.Docker) -> None:
+    engine_id = await run_container(runtime, new_spec(init=True))
+
+    assert (await docker.containers.container(engine_id).show())["HostConfig"]["Init"] is True
+    assert await zombies_after_killed_child(runtime, engine_id) == []
+
+
 @engine
 async def test_exec_in_stopped_container(runtime: DockerRuntime, new_spec: SpecFactory) -> None:
     engine_id = await runtime.create(new_spec())

@@ -32,6 +32,16 @@ def test_hardened_defaults():
     assert spec.cap_add == ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID"]
     assert spec.security_opt == ["no-new-privileges:true"]
     assert spec.privileged is False
+    assert spec.init is False
+
+
+def test_init_setting_reaches_spec():
+    settings = load_settings(environ={"COREBASE_CONTAINERS_INIT": "true"})
+    request = StartRequest(image="corebase-test/busybox:1")
+
+    spec = build_spec(request, settings, container_id="ctr_0123456789abcdef", owner="alice", engine_cpus=2)
+
+    assert spec.init is True
 
 
 def test_labels_identify_the_container():

@@ -115,6 +115,7 @@ def build_spec(
         nano_cpus=cpu_limit(request.cpus, settings, engine_cpus, defaults.cpus, defaults.max_cpus),
         healthcheck=defaults.healthcheck,
         pids_limit=limits.pids_limit,
+        init=limits.init,
         cap_drop=["ALL"],
         cap_add=list(limits.cap_add),
         security_opt=["no-new-privileges:true"] if limits.no_new_privileges else [],

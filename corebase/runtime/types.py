@@ -67,6 +67,7 @@ class ContainerSpec(msgspec.Struct):
     memory: int | None = None
     nano_cpus: int | None = None
     pids_limit: int | None = None
+    init: bool = False
     cap_drop: list[str] = []
     cap_add: list[str] = []
     security_opt: list[str] = []

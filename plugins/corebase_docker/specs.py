@@ -51,6 +51,8 @@ def host_config(spec: ContainerSpec, log: dict[str, Any]) -> dict[str, Any]:
         config["NanoCpus"] = spec.nano_cpus
     if spec.pids_limit is not None:
         config["PidsLimit"] = spec.pids_limit
+    if spec.init:
+        config["Init"] = True
     if spec.network_mode is not None:
         config["NetworkMode"] = spec.network_mode
     if spec.pid_mode is not None:
