@@ -8,6 +8,7 @@ can remove exactly those containers on exit.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -399,6 +400,28 @@ def format_machine(facts: dict[str, Any]) -> str:
             f"kernel: {facts['kernel']}, {facts['os']}, Python {facts['python']}",
         ]
     )
+
+
+def add_setting_option(parser: argparse.ArgumentParser) -> None:
+    """Add the repeatable --setting NAME=VALUE option, which passes a COREBASE_* variable to the server."""
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a COREBASE_* variable for the server, such as COREBASE_NETWORKS_PER_OWNER=false; repeat for more",
+    )
+
+
+def server_settings(parser: argparse.ArgumentParser, values: list[str]) -> dict[str, str]:
+    """Return the --setting values as a dict, or exit with a usage error naming the invalid one."""
+    settings = {}
+    for value in values:
+        name, separator, setting = value.partition("=")
+        if not separator or not name.startswith("COREBASE_"):
+            parser.error(f"--setting {value!r} is invalid; write COREBASE_NAME=value")
+        settings[name] = setting
+    return settings
 
 
 def command_line() -> str:

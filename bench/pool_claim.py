@@ -69,6 +69,7 @@ from harness import (
     RUN_LABEL,
     Server,
     StartBench,
+    add_setting_option,
     check_engine_address,
     command_line,
     elapsed_ms,
@@ -78,6 +79,7 @@ from harness import (
     measure_starts,
     prepare_replay,
     remove_run_containers,
+    server_settings,
     start_server,
     stop_server,
     summarize,
@@ -644,7 +646,7 @@ async def benchmark(args: argparse.Namespace, run: Run) -> dict[str, Any]:
         facts = await machine_facts(docker)
 
         print("starting corebase serve", file=sys.stderr, flush=True)
-        run.server = start_server(run.data_dir, {"COREBASE_TEMPLATES_IMAGES": f"{TEMPLATE}={image}"})
+        run.server = start_server(run.data_dir, {**args.settings, "COREBASE_TEMPLATES_IMAGES": f"{TEMPLATE}={image}"})
         await wait_until_healthy(run.server)
 
         headers = {"Authorization": f"Bearer {run.server.admin_key}"}
@@ -692,7 +694,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cold-warmup", type=int, default=2, help="cold starts per path made and discarded first (default 2)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results and raw samples to FILE")
+    add_setting_option(parser)
     args = parser.parse_args(argv)
+    args.settings = server_settings(parser, args.setting)
     if args.runs < 2:
         parser.error(f"--runs {args.runs} is too small; percentiles need at least 2 claims")
     if args.cold_runs < 2:
