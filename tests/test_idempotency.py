@@ -227,6 +227,7 @@ async def test_recovery_in_progress_keeps_key(service) -> None:
     assert action.runs == 0
     row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
     assert row.status == IN_PROGRESS
+    assert row.lock_token is None
     # The retry handed the key back, so the next one takes it over at once and asks again.
     asked = []
 

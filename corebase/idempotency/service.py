@@ -238,7 +238,11 @@ class IdempotencyService:
                 .returning(IdempotencyKey.id)
             )
             if taken:
-                logger.warning("took over %s %r of user %s from a request whose lock ran out", HEADER, key, owner)
+                if row.lock_token is None:
+                    # An earlier retry handed the key back while the dead request's start is cleaned up.
+                    logger.info("took over %s %r of user %s again", HEADER, key, owner)
+                else:
+                    logger.warning("took over %s %r of user %s from a request whose lock ran out", HEADER, key, owner)
                 return _Attempt(row_id, token, taken_over=True)
             raise _in_progress(key)
         raise _in_progress(key)
@@ -293,7 +297,7 @@ class IdempotencyService:
     async def _hand_back(self, attempt: _Attempt) -> None:
         """End the attempt's lock but keep its key, so the next request with the key takes it over."""
         try:
-            await IdempotencyKey.update({IdempotencyKey.locked_until: utcnow()}).where(
+            await IdempotencyKey.update({IdempotencyKey.lock_token: None, IdempotencyKey.locked_until: utcnow()}).where(
                 (IdempotencyKey.id == attempt.key_id) & (IdempotencyKey.lock_token == attempt.token)
             )
         except Exception:
