@@ -259,13 +259,23 @@ async def test_pool_claim_moves_to_owner_network(pool_server, docker):
             assert denied.json()["reasons"][0]["policy"] == "registry-allowlist"
             assert await idle_members(admin, "ubuntu") == 1
 
+            pool_network = await docker.networks.get(f"{pool_server.network_prefix}-pool-isolated")
+            # Idle members cannot reach each other over the pool network.
+            assert (await pool_network.show())["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+
             claimed = await admin.post("/api/runtime/start", json=body)
             assert claimed.status_code == 201, claimed.text
             record = claimed.json()
             try:
                 assert record["source"] == "pool"
+                # The member is on its owner's network when the claim returns, and leaves the
+                # pool network right after.
                 details = await docker.containers.container(record["dockerId"]).show()
-                assert set(details["NetworkSettings"]["Networks"]) == {record["network"]}
+                assert record["network"] in details["NetworkSettings"]["Networks"]
+                async with asyncio.timeout(10):
+                    while set(details["NetworkSettings"]["Networks"]) != {record["network"]}:
+                        await asyncio.sleep(0.1)
+                        details = await docker.containers.container(record["dockerId"]).show()
                 network = await docker.networks.get(record["network"])
                 assert (await network.show())["Labels"]["corebase.owner"] == record["owner"]
             finally:
@@ -344,6 +354,48 @@ async def test_foreign_network_name_is_rejected(docker):
         await runtime.close()
         for network in await named_networks(docker, name):
             await DockerNetwork(docker, network["Id"]).delete()
+
+
+async def reaches(docker: aiodocker.Docker, network: str, test_image: str) -> bool:
+    """Start two containers on `network` and tell whether the first can ping the second."""
+    containers = []
+    try:
+        for _ in range(2):
+            config = {
+                "Image": test_image,
+                "Cmd": ["sleep", "60"],
+                "Labels": {RUN_LABEL: RUN_ID},
+                "HostConfig": {"NetworkMode": network},
+            }
+            containers.append(await docker.containers.run(config))
+        target = (await containers[1].show())["NetworkSettings"]["Networks"][network]["IPAddress"]
+        ping = await containers[0].exec(["ping", "-c", "1", "-W", "2", target])
+        async with ping.start(detach=False) as output:
+            while await output.read_out() is not None:
+                pass
+        while (result := await ping.inspect())["Running"]:
+            await asyncio.sleep(0.1)
+        return result["ExitCode"] == 0
+    finally:
+        for container in containers:
+            await container.delete(force=True)
+
+
+async def test_isolated_network_blocks_traffic(docker, test_image):
+    runtime = DockerRuntime()
+    names = [f"{TEST_NETWORK_PREFIX}-icc{index}-{secrets.token_hex(3)}" for index in range(2)]
+    labels = {"corebase.managed": "true", "corebase.owner": "pooled"}
+    try:
+        await runtime.ensure_network(names[0], labels, isolated=True)
+        await runtime.ensure_network(names[1], labels)
+
+        assert not await reaches(docker, names[0], test_image)
+        assert await reaches(docker, names[1], test_image)
+    finally:
+        await runtime.close()
+        for name in names:
+            for network in await named_networks(docker, name):
+                await DockerNetwork(docker, network["Id"]).delete()
 
 
 async def test_owner_networks_take_subnets_from_the_pool(docker):

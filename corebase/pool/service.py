@@ -33,6 +33,7 @@ from piccolo.engine.postgres import PostgresEngine
 from corebase import db, leases
 from corebase.api.schemas import StartRequest
 from corebase.auth.caller import Caller
+from corebase.containers.networks import POOL_OWNER
 from corebase.containers.service import ContainerService, Started, generate_credentials, new_container_id, utcnow
 from corebase.containers.spec import LABEL_MANAGED, build_spec, check_name
 from corebase.containers.tables import ACTIVE_STATUSES, Container
@@ -54,8 +55,6 @@ logger = logging.getLogger(__name__)
 
 LEASE_NAME = "pool-manager"
 LABEL_POOL = "corebase.pool"
-# Owner of members not yet claimed; no API key can have an empty user name.
-POOL_OWNER = ""
 # Buckets the demand window is split into for the autoscaler.
 DEMAND_BUCKETS = 6
 # Claims looked at for the latency percentiles.

@@ -417,8 +417,8 @@ class EngineGuard:
     async def pull(self, image: str) -> None:
         await self._call(self.runtime.pull, image)
 
-    async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        await self._call(self.runtime.ensure_network, name, labels)
+    async def ensure_network(self, name: str, labels: dict[str, str], *, isolated: bool = False) -> None:
+        await self._call(self.runtime.ensure_network, name, labels, isolated=isolated)
 
     async def connect_network(self, engine_id: str, name: str) -> None:
         await self._call(self.runtime.connect_network, engine_id, name)

@@ -196,8 +196,11 @@ class ContainerRuntime(Protocol):
     async def pull(self, image: str) -> None:
         """Pull an image; raise ImageNotFound or ImagePullFailed from the pull's progress messages."""
 
-    async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
-        """Create the bridge network `name` with `labels` unless it exists; concurrent calls leave one such network."""
+    async def ensure_network(self, name: str, labels: dict[str, str], *, isolated: bool = False) -> None:
+        """Create the bridge network `name` with `labels` unless it exists; concurrent calls leave one such network.
+
+        An `isolated` network carries no traffic between its containers, only to and from outside.
+        """
 
     async def connect_network(self, engine_id: str, name: str) -> None:
         """Attach a running or stopped container to the network `name`."""

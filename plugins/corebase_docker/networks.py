@@ -30,12 +30,15 @@ class SubnetPool:
                 yield str(subnet)
 
 
+# The bridge driver's option that turns traffic between the network's containers on or off.
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
 # Subnets tried before giving up when other processes keep taking the free ones first.
 SUBNET_ATTEMPTS = 8
 
 
 async def ensure_network(
-    docker: aiodocker.Docker, name: str, labels: dict[str, str], pool: SubnetPool | None = None
+    docker: aiodocker.Docker, name: str, labels: dict[str, str], pool: SubnetPool | None = None, *, isolated: bool = False
 ) -> None:
     """Create the bridge network `name` unless it exists with exactly these labels.
 
@@ -44,10 +47,12 @@ async def ensure_network(
     networks of one name when two requests race, so every caller keeps the oldest one and removes
     the others, which makes the name unambiguous again. With a `pool`, the network gets the pool's
     first subnet that no engine network uses; without one, the engine picks from its default pools.
+    An `isolated` network is created with inter-container traffic turned off, which the engine
+    enforces with iptables.
     """
     matches = await _named(docker, name)
     if not matches:
-        await _create(docker, name, labels, pool)
+        await _create(docker, name, labels, pool, isolated)
         matches = await _named(docker, name)
 
     for network in matches:
@@ -77,8 +82,12 @@ async def network_ready(docker: aiodocker.Docker, name: str, labels: dict[str, s
     return True
 
 
-async def _create(docker: aiodocker.Docker, name: str, labels: dict[str, str], pool: SubnetPool | None) -> None:
+async def _create(
+    docker: aiodocker.Docker, name: str, labels: dict[str, str], pool: SubnetPool | None, isolated: bool
+) -> None:
     data: dict = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Labels": labels}
+    if isolated:
+        data["Options"] = {ICC_OPTION: "false"}
     subnets: Iterator[str | None] = iter([None])
     if pool is not None:
         subnets = pool.candidates(await _subnets_in_use(docker))

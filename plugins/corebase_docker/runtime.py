@@ -126,7 +126,7 @@ class DockerRuntime:
         with self._errors(f"pull image {image!r}"):
             await pull_image(docker, image, timeout=self.pull_timeout)
 
-    async def ensure_network(self, name: str, labels: dict[str, str]) -> None:
+    async def ensure_network(self, name: str, labels: dict[str, str], *, isolated: bool = False) -> None:
         docker = self._client()
         with self._errors(f"inspect network {name!r}"):
             if await network_ready(docker, name, labels):
@@ -136,7 +136,7 @@ class DockerRuntime:
         lock = self._network_locks.setdefault(name, asyncio.Lock())
         async with lock:
             with self._errors(f"create network {name!r}"):
-                await ensure_network(docker, name, labels, self.subnet_pool)
+                await ensure_network(docker, name, labels, self.subnet_pool, isolated=isolated)
 
     async def connect_network(self, engine_id: str, name: str) -> None:
         docker = self._client()
