@@ -228,7 +228,7 @@ async def test_recovery_in_progress_keeps_key(service) -> None:
     row = await IdempotencyKey.objects().where(IdempotencyKey.id == key_id("alice", "k1")).first()
     assert row.status == IN_PROGRESS
     assert row.lock_token is None
-    # The retry handed the key back, so the next one takes it over at once and asks again.
+    # The retry handed the key back, so the next one takes it over at once and calls recover again.
     asked = []
 
     async def recover_now():
@@ -550,7 +550,7 @@ async def test_retry_while_dead_start_creating(sqlite_server, test_image, docker
     assert "reconcile.creating_grace" in problem["detail"]
     # reconcile.creating_grace is 60 s, counted from the row's last update.
     assert 55 <= int(retry.headers["Retry-After"]) <= 61
-    # The next retry is told the same, not that the dead request is still running.
+    # The next retry gets the same 409, not the one for a request that is still running.
     assert again.status_code == 409, again.text
     assert first.json()["id"] in again.json()["detail"]
     assert len(await engine_containers(docker, tag)) == 1

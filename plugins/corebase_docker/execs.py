@@ -45,7 +45,7 @@ MARKER_VARIABLE = "COREBASE_EXEC_ID"
 # no ps; `tr` turns each environment into lines for an exact match.
 _KILL_SCRIPT = (
     'for dir in /proc/[0-9]*; do '
-    'if tr "\\0" "\\n" < "$dir/environ" 2>/dev/null | grep -qx "COREBASE_EXEC_ID=$1"; then '
+    f'if tr "\\0" "\\n" < "$dir/environ" 2>/dev/null | grep -qx "{MARKER_VARIABLE}=$1"; then '
     'kill -s "$2" "${dir#/proc/}" 2>/dev/null; '
     'fi; done; exit 0'
 )
@@ -142,9 +142,9 @@ async def stream_exec(
     blocks the command's writes instead of filling memory. `timeout` counts from the start, the
     consumer's time included. Past it the command is killed (see `ExecSignaller`) and the ExecExit
     has `timed_out` set. A consumer that stops iterating early kills the command the same way.
-    `mark` gives the command a MARKER_VARIABLE of its own for that kill; the signalling exec
-    itself runs unmarked. aiodocker exceptions propagate for the caller to translate (409 when the container is not
-    running).
+    `mark` gives the command a MARKER_VARIABLE of its own for that kill. The signalling exec
+    itself runs unmarked. aiodocker exceptions propagate for the caller to translate (409 when
+    the container is not running).
     """
     marker = new_marker() if mark else None
     container = docker.containers.container(engine_id)
@@ -278,8 +278,8 @@ async def signal_marked(docker: aiodocker.Docker, engine_id: str, marker: str, n
     """Send signal `name` to every process in the container whose environment contains `marker`.
 
     That is the marked command and the processes it started that kept its environment. A second
-    exec runs `kill` for them as `user`, so it needs `sh`, `tr`, `grep` and `kill` in the image; its
-    exit code is 0 when the script ran. aiodocker exceptions propagate.
+    exec runs `kill` for them as `user`, so it needs `sh`, `tr`, `grep` and `kill` in the image.
+    Its exit code is 0 when the script ran. aiodocker exceptions propagate.
     """
     return await run_exec(
         docker,

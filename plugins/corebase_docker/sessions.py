@@ -1,8 +1,8 @@
 """Interactive exec: a command with its stdin open, over the engine's hijacked exec connection.
 
-Every session's command gets a MARKER_VARIABLE of its own, and a signal is delivered to the
-processes that carry it by a second exec (see `ExecSignaller`): the command and the children
-that kept its environment, or only the command in an image without a shell. A TTY session sends INT, QUIT and TSTP as the control characters
+Every session's command gets a MARKER_VARIABLE of its own. A second exec (see `ExecSignaller`)
+delivers a signal to the processes that carry it: the command and the children that kept its
+environment, or only the command in an image without a shell. A TTY session sends INT, QUIT and TSTP as the control characters
 instead, which the terminal turns into signals for its foreground process group, as a keyboard
 would.
 """
